@@ -1,0 +1,1 @@
+"""Modality adapters and models built on the unitok core (installed as ``unitok.modalities``)."""

@@ -1,0 +1,1 @@
+"""Images: the patch adapter, the VTP model and the embedded sample images."""

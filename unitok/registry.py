@@ -1,0 +1,105 @@
+"""Name -> "module:attr" tables, resolved lazily (the core never imports modalities or eval directly).
+
+Public entry points: :func:`create_model`, :func:`list_models`, :func:`load_pretrained`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import importlib
+import os
+from collections.abc import Mapping
+from typing import Any
+
+
+class Registry:
+    """A table of names to lazily imported objects ("package.module:attr")."""
+
+    def __init__(self, kind: str, entries: Mapping[str, str] | None = None):
+        self.kind = kind
+        self._entries: dict[str, str] = dict(entries or {})
+
+    def register(self, name: str, target: str) -> None:
+        if ":" not in target:
+            raise ValueError(f"{self.kind} target must look like 'package.module:attr', got {target!r}")
+        self._entries[name] = target
+
+    def names(self, pattern: str = "*") -> list[str]:
+        return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def get(self, name: str) -> Any:
+        if name not in self._entries:
+            import difflib
+
+            close = difflib.get_close_matches(name, self._entries, n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise KeyError(f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(self.names())}")
+        module, attr = self._entries[name].split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+#: model presets (see unitok/models/presets.py for the table of configurations)
+MODELS = Registry("model")
+#: config.json "model_type" -> class with from_pretrained(path, **kw)
+MODEL_TYPES = Registry(
+    "model_type",
+    {
+        "vtp": "unitok.modalities.image.vtp:VTPModel",
+        "unitok_autoencoder": "unitok.models.autoencoder:TransformerAutoencoder",
+    },
+)
+#: modality adapters by data key
+ADAPTERS = Registry(
+    "adapter",
+    {"image": "unitok.modalities.image.adapter:ImageAdapter", "audio": "unitok.modalities.speech.adapter:SpeechAdapter"},
+)
+
+
+def _register_presets() -> None:
+    from unitok.models.presets import PRESETS
+
+    for name, spec in PRESETS.items():
+        MODELS.register(name, spec["factory"])
+
+
+_register_presets()
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Preset names matching a glob pattern, e.g. ``list_models("vtp_*")``."""
+    return MODELS.names(pattern)
+
+
+def create_model(name: str, **overrides: Any):
+    """A randomly initialised model from a preset; ``overrides`` replace configuration fields."""
+    from unitok.models.presets import PRESETS
+
+    factory = MODELS.get(name)
+    return factory(name, **overrides)
+
+
+def load_pretrained(path: str | os.PathLike, **kwargs: Any):
+    """Load a pretrained directory (``config.json`` + ``model.safetensors``), dispatching on ``model_type``.
+
+    Released VTP checkpoints (``model_type: "vtp"``) and directories written by ``save_pretrained`` both load.
+    """
+    from unitok.models.pretrained import read_config
+
+    cfg = read_config(path)
+    model_type = cfg.get("model_type")
+    if model_type is None:
+        raise ValueError(f"{path}/config.json has no 'model_type' (known: {', '.join(MODEL_TYPES.names())})")
+    return MODEL_TYPES.get(model_type).from_pretrained(path, **kwargs)
+
+
+def list_models_cli(argv: list[str] | None = None) -> None:
+    """``unitok-models [PATTERN]``: print the model presets."""
+    parser = argparse.ArgumentParser(description="List unitok model presets.", epilog="example: unitok-models 'vtp_*'")
+    parser.add_argument("pattern", nargs="?", default="*")
+    args = parser.parse_args(argv)
+    for name in list_models(args.pattern):
+        print(name)
