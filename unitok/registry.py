@@ -55,7 +55,10 @@ MODEL_TYPES = Registry(
 #: modality adapters by data key
 ADAPTERS = Registry(
     "adapter",
-    {"image": "unitok.modalities.image.adapter:ImageAdapter", "audio": "unitok.modalities.speech.adapter:SpeechAdapter"},
+    {
+        "image": "unitok.modalities.image.adapter:ImageAdapter",
+        "audio": "unitok.modalities.speech.adapter:SpeechAdapter",
+    },
 )
 
 
@@ -76,7 +79,6 @@ def list_models(pattern: str = "*") -> list[str]:
 
 def create_model(name: str, **overrides: Any):
     """A randomly initialised model from a preset; ``overrides`` replace configuration fields."""
-    from unitok.models.presets import PRESETS
 
     factory = MODELS.get(name)
     return factory(name, **overrides)

@@ -96,7 +96,9 @@ class ImageAdapter(ModalityAdapter):
         if grid.ndim != 4:
             raise ValueError(f"expected a latent grid (B, C, h, w), got shape {tuple(grid.shape)}")
         B, _, h, w = grid.shape
-        return Tokens(x=grid.flatten(2).transpose(1, 2), coords=self.coords(h, w, B, grid.device), meta={"grid": (h, w)})
+        return Tokens(
+            x=grid.flatten(2).transpose(1, 2), coords=self.coords(h, w, B, grid.device), meta={"grid": (h, w)}
+        )
 
     @staticmethod
     def tokens_to_grid(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

@@ -59,8 +59,9 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def run(args: argparse.Namespace) -> dict:
-    import unitok
     from unitok.modalities.image.toy import sample_images
+
+    import unitok
 
     start = time.perf_counter()
     model = unitok.load_pretrained(args.ckpt, rope_dtype=args.rope_dtype)
@@ -108,10 +109,14 @@ def main(argv: list[str] | None = None) -> None:
     lat = s["latents"]
     print(f"checkpoint   {s['checkpoint']}  (RoPE {s['rope_dtype']})")
     print(f"images       {s['num_images']} embedded samples at {s['image_size']} px")
-    print(f"latents      shape {tuple(lat['shape'])}  mean {lat['mean']:+.4f}  std {lat['std']:.4f}  "
-          f"range [{lat['min']:.3f}, {lat['max']:.3f}]")
-    print(f"             per-channel mean in [{lat['channel_mean_range'][0]:+.3f}, {lat['channel_mean_range'][1]:+.3f}]"
-          f", std in [{lat['channel_std_range'][0]:.3f}, {lat['channel_std_range'][1]:.3f}]")
+    print(
+        f"latents      shape {tuple(lat['shape'])}  mean {lat['mean']:+.4f}  std {lat['std']:.4f}  "
+        f"range [{lat['min']:.3f}, {lat['max']:.3f}]"
+    )
+    print(
+        f"             per-channel mean in [{lat['channel_mean_range'][0]:+.3f}, {lat['channel_mean_range'][1]:+.3f}]"
+        f", std in [{lat['channel_std_range'][0]:.3f}, {lat['channel_std_range'][1]:.3f}]"
+    )
     print(f"PSNR         {s['psnr_db']['mean']:.2f} dB (mean over images)")
     print(f"wrote        {s['png']} and {Path(s['png']).with_name('summary.json')}  ({s['seconds']} s)")
 

@@ -40,7 +40,9 @@ class ShapeSpec:
 
     def caption(self) -> str:
         texture = "" if self.texture == "solid" else f" {self.texture}"
-        return f"a {self.size} {self.color}{texture} {self.shape} at the {self.position} on a {self.background} background"
+        return (
+            f"a {self.size} {self.color}{texture} {self.shape} at the {self.position} on a {self.background} background"
+        )
 
 
 def random_spec(rng: random.Random) -> ShapeSpec:
@@ -61,8 +63,20 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
     if shape == "diamond":
         return [(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)]
     t = r / 3  # cross
-    return [(cx - t, cy - r), (cx + t, cy - r), (cx + t, cy - t), (cx + r, cy - t), (cx + r, cy + t), (cx + t, cy + t),
-            (cx + t, cy + r), (cx - t, cy + r), (cx - t, cy + t), (cx - r, cy + t), (cx - r, cy - t), (cx - t, cy - t)]  # fmt: skip
+    return [
+        (cx - t, cy - r),
+        (cx + t, cy - r),
+        (cx + t, cy - t),
+        (cx + r, cy - t),
+        (cx + r, cy + t),
+        (cx + t, cy + t),
+        (cx + t, cy + r),
+        (cx - t, cy + r),
+        (cx - t, cy + t),
+        (cx - r, cy + t),
+        (cx - r, cy - t),
+        (cx - t, cy - t),
+    ]
 
 
 def _texture(size: int, texture: str, color: tuple[int, int, int]) -> Image.Image:

@@ -21,6 +21,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from unitok.modalities.image.adapter import ImageAdapter
+from unitok.modalities.image.vtp_config import FFN_LAYERS, NORM_LAYERS, VTP_PRESETS, VTPConfig
+from unitok.modalities.image.vtp_keys import PERIOD_KEYS, official_to_unitok, unitok_to_official
 
 from unitok.models.autoencoder import AutoencoderConfig, TransformerAutoencoder
 from unitok.models.pretrained import (
@@ -31,9 +34,6 @@ from unitok.models.pretrained import (
     write_pretrained,
 )
 from unitok.models.transformer import TransformerConfig
-from unitok.modalities.image.adapter import ImageAdapter
-from unitok.modalities.image.vtp_config import FFN_LAYERS, NORM_LAYERS, VTP_PRESETS, VTPConfig
-from unitok.modalities.image.vtp_keys import PERIOD_KEYS, official_to_unitok, unitok_to_official
 
 #: the official RoPE dtype
 OFFICIAL_ROPE_DTYPE = "bfloat16"

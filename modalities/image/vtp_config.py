@@ -89,18 +89,24 @@ class VTPConfig:
         if self.text_proj_type not in ("linear", "none"):
             raise ConfigError(f"text_proj_type must be 'linear' or 'none', got {self.text_proj_type!r}")
         if self.text_embed_cls:
-            raise ConfigError("text_embed_cls=True is not supported: the official VTPModel drops the text CLS embedding")
+            raise ConfigError(
+                "text_embed_cls=True is not supported: the official VTPModel drops the text CLS embedding"
+            )
         if self.train_reconstruction and self.vision_patch_size != 16:
             raise ConfigError(
                 f"vision_patch_size={self.vision_patch_size} with train_reconstruction: VTP's pixel decoder upsamples "
                 "by a fixed 16 (PixelShuffle(16)), so the patch size must be 16"
             )
         if self.image_size % self.vision_patch_size:
-            raise ConfigError(f"image_size {self.image_size} is not a multiple of vision_patch_size {self.vision_patch_size}")
+            raise ConfigError(
+                f"image_size {self.image_size} is not a multiple of vision_patch_size {self.vision_patch_size}"
+            )
         for prefix in ("vision", "decoder"):
             dim, heads = getattr(self, f"{prefix}_embed_dim"), getattr(self, f"{prefix}_num_heads")
             if dim % (4 * heads):
-                raise ConfigError(f"{prefix}_embed_dim {dim} must be divisible by 4 * {prefix}_num_heads ({4 * heads}) for 2-D RoPE")
+                raise ConfigError(
+                    f"{prefix}_embed_dim {dim} must be divisible by 4 * {prefix}_num_heads ({4 * heads}) for 2-D RoPE"
+                )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None = None, **overrides: Any) -> VTPConfig:

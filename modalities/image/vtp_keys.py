@@ -53,10 +53,10 @@ def official_to_unitok_key(key: str) -> str:
     return new
 
 
-def unitok_to_official_key(key: str) -> str:
-    """A unitok key -> the official key."""
+def unitok_to_official_key(key: str, swiglu: bool = True) -> str:
+    """A unitok key -> the official key (``swiglu``: the block's FFN is SwiGLU, whose names differ)."""
     new = key
-    if _BLOCK.match(new):
+    if swiglu and _BLOCK.match(new):
         new = _swap_mlp(new, reverse=True)
     return _swap(new, _PREFIXES, reverse=True) or new
 
@@ -87,13 +87,18 @@ def official_to_unitok(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, t
     return out, periods
 
 
-def unitok_to_official(state_dict: dict[str, torch.Tensor], patch_size: int, in_chans: int = 3) -> dict[str, torch.Tensor]:
+def unitok_to_official(
+    state_dict: dict[str, torch.Tensor], patch_size: int, in_chans: int = 3
+) -> dict[str, torch.Tensor]:
     """Convert a unitok state dict to the official layout (conv weights reshaped back; periods not included)."""
+    swiglu_blocks = {_BLOCK.match(k).group(1) for k in state_dict if ".mlp.fc1_g." in k and _BLOCK.match(k)}
     out = {}
     for k, v in state_dict.items():
+        block = _BLOCK.match(k)
+        swiglu = block is not None and block.group(1) in swiglu_blocks
         if k == "autoencoder.patch_embed.weight":
             v = v.reshape(v.shape[0], in_chans, patch_size, patch_size)
         elif k in _CONV_KEYS:
             v = v.reshape(*v.shape, 1, 1)
-        out[unitok_to_official_key(k)] = v
+        out[unitok_to_official_key(k, swiglu)] = v
     return out

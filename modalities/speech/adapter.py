@@ -91,7 +91,9 @@ class SpeechAdapter(ModalityAdapter):
         x = (padded * valid).view(B, N, F)  # samples past a clip's end are zeroed, not leaked from padding
         frames = (lengths + F - 1) // F
         mask = torch.arange(N, device=audio.device)[None] < frames[:, None]
-        return Tokens(x=x, coords=self.coords(N, B, audio.device), mask=mask, meta={"lengths": lengths, "num_samples": T})
+        return Tokens(
+            x=x, coords=self.coords(N, B, audio.device), mask=mask, meta={"lengths": lengths, "num_samples": T}
+        )
 
     def unpatchify(self, tokens: Tokens | torch.Tensor, meta: dict[str, Any] | None = None) -> torch.Tensor:
         """(B, N, F) frames -> (B, T) waveforms, zero past each clip's length."""

@@ -114,7 +114,9 @@ class TransformerAutoencoder(nn.Module):
         width = self.cfg.encoder.dim if pre_embedded else self.cfg.patch_dim
         if tokens.x.shape[-1] != width:
             what = "embedded tokens" if pre_embedded else "token values (patch_dim)"
-            raise ValueError(f"tokens carry {tokens.x.shape[-1]} values each but the autoencoder expects {width} {what}")
+            raise ValueError(
+                f"tokens carry {tokens.x.shape[-1]} values each but the autoencoder expects {width} {what}"
+            )
         return tokens.x if pre_embedded else self.patch_embed(tokens.x)
 
     def encode_features(
@@ -138,7 +140,12 @@ class TransformerAutoencoder(nn.Module):
     ):
         """Encoder block outputs; see :meth:`TransformerStack.forward_intermediates`."""
         return self.encoder.forward_intermediates(
-            self.embed(tokens, pre_embedded), tokens.coords, tokens.mask, indices=indices, norm=norm, stop_early=stop_early
+            self.embed(tokens, pre_embedded),
+            tokens.coords,
+            tokens.mask,
+            indices=indices,
+            norm=norm,
+            stop_early=stop_early,
         )
 
     # ------------------------------------------------------------------------------------------ decoder

@@ -35,8 +35,9 @@ def resolve_dir(path: str | os.PathLike) -> Path:
     if p.is_file() and p.name in (CONFIG_NAME, WEIGHTS_NAME):
         p = p.parent
     if not p.exists():
-        raise FileNotFoundError(f"pretrained path {str(p)!r} does not exist (expected a directory holding "
-                                f"{CONFIG_NAME} and {WEIGHTS_NAME})")
+        raise FileNotFoundError(
+            f"pretrained path {str(p)!r} does not exist (expected a directory holding {CONFIG_NAME} and {WEIGHTS_NAME})"
+        )
     if not p.is_dir():
         raise FileNotFoundError(f"pretrained path {str(p)!r} is a file; pass the directory holding {CONFIG_NAME}")
     return p
@@ -100,7 +101,9 @@ def write_pretrained(path: str | os.PathLike, config: Mapping[str, Any], tensors
     return out
 
 
-def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+def load_state_dict_strict(
+    module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint"
+) -> None:
     """``module.load_state_dict`` that first reports missing/unexpected keys and shape mismatches by name."""
     own = module.state_dict()
     missing = [k for k in own if k not in state_dict]

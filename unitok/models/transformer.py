@@ -114,7 +114,7 @@ class TransformerStack(nn.Module):
         self.rope = AxialRoPE(cfg.head_dim, cfg.coord_ndim, base=cfg.rope_base, dtype=cfg.rope_dtype)
         norm_layer = make_norm_layer(cfg.norm, cfg.norm_eps)
         hidden = ffn_hidden_dim(cfg.dim, cfg.mlp_ratio, cfg.ffn, cfg.swiglu_align)
-        dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist() if cfg.depth else []
+        dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # linear over depth
         self.blocks = nn.ModuleList(
             Block(
                 cfg.dim,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from unitok.modalities.image.vtp import VTPModel
 
 import unitok
-from unitok.modalities.image.vtp import VTPModel
 
 TOL = 1e-5
 
@@ -29,7 +29,12 @@ def _assert_close(name, got, want):
 
 def public_api_outputs(model: VTPModel, inputs: dict) -> dict:
     """Every public-API output named as in reference.pt['outputs']."""
-    img, img_ns, txt, lat = inputs["images"], inputs["images_nonsquare"], inputs["text_tokens"], inputs["random_latents"]
+    img, img_ns, txt, lat = (
+        inputs["images"],
+        inputs["images_nonsquare"],
+        inputs["text_tokens"],
+        inputs["random_latents"],
+    )
     m = model
     out = {}
     with torch.no_grad():
@@ -89,7 +94,9 @@ def test_fp32_rope_outputs_match(vtp_parity_dir, vtp_reference):
     with torch.no_grad():
         latents = model.get_reconstruction_latents(inputs["images"])
         _assert_close("recon_latents", latents, ref["recon_latents"])
-        _assert_close("decoded_images", model.get_latents_decoded_images(inputs["random_latents"]), ref["decoded_images"])
+        _assert_close(
+            "decoded_images", model.get_latents_decoded_images(inputs["random_latents"]), ref["decoded_images"]
+        )
         patches = model.get_last_layer_feature(inputs["images"])["patch_tokens"]
         _assert_close("last_layer_patch_tokens", patches, ref["last_layer_patch_tokens"])
     # and the bf16 emulation is what makes the difference: fp32 RoPE is measurably off the official outputs

@@ -1,0 +1,43 @@
+"""Test and benchmark helpers: tiny configurations and random inputs (no weights, no data downloads)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from unitok.adapter import Tokens
+from unitok.layers.rope import grid_coords
+
+#: a tiny VTP configuration with the same switches as the released models (the parity checkpoint's sizes)
+TINY_VTP: dict[str, Any] = {
+    "image_size": 64,
+    "vision_embed_dim": 64, "vision_depth": 2, "vision_num_heads": 2, "vision_feature_bottleneck": 8,
+    "text_context_length": 16, "text_vocab_size": 1024, "text_embed_dim": 64, "text_num_heads": 2, "text_depth": 2,
+    "decoder_embed_dim": 64, "decoder_depth": 2, "decoder_num_heads": 2,
+}  # fmt: skip
+
+
+def random_tokens(
+    batch: int, grid: tuple[int, ...], patch_dim: int, lengths: list[int] | None = None, seed: int = 0
+) -> Tokens:
+    """Random Tokens over a row-major grid; ``lengths`` (1-D grids) pads samples to the longest."""
+    g = torch.Generator().manual_seed(seed)
+    coords = grid_coords(grid)
+    n = coords.shape[0]
+    mask = None
+    if lengths is not None:
+        mask = torch.arange(n)[None] < torch.tensor(lengths)[:, None]
+    return Tokens(x=torch.randn(batch, n, patch_dim, generator=g), coords=coords.expand(batch, -1, -1), mask=mask)
+
+
+def random_text_tokens(batch: int, context_length: int, vocab_size: int, seed: int = 0) -> torch.Tensor:
+    """(B, T) CLIP-style ids: SOT = vocab-2, random body, EOT = vocab-1 (the largest id), zero padding."""
+    g = torch.Generator().manual_seed(seed)
+    out = torch.zeros(batch, context_length, dtype=torch.long)
+    for i in range(batch):
+        n = int(torch.randint(1, context_length - 1, (1,), generator=g))
+        out[i, 0] = vocab_size - 2
+        out[i, 1 : n + 1] = torch.randint(1, vocab_size - 2, (n,), generator=g)
+        out[i, min(n + 1, context_length - 1)] = vocab_size - 1
+    return out
