@@ -59,9 +59,8 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from unitok.modalities.image.toy import sample_images
-
     import unitok
+    from unitok.modalities.image.toy import sample_images
 
     start = time.perf_counter()
     model = unitok.load_pretrained(args.ckpt, rope_dtype=args.rope_dtype)

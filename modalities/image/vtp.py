@@ -21,10 +21,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from unitok.modalities.image.adapter import ImageAdapter
 from unitok.modalities.image.vtp_config import FFN_LAYERS, NORM_LAYERS, VTP_PRESETS, VTPConfig
 from unitok.modalities.image.vtp_keys import PERIOD_KEYS, official_to_unitok, unitok_to_official
-
 from unitok.models.autoencoder import AutoencoderConfig, TransformerAutoencoder
 from unitok.models.pretrained import (
     CheckpointMismatchError,

@@ -1,9 +1,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from unitok.modalities.image.adapter import ImageAdapter
 
 import unitok
+from unitok.modalities.image.adapter import ImageAdapter
 
 
 @pytest.mark.parametrize("size", [(64, 64), (48, 80), (16, 32)])

@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from unitok.modalities.image.vtp import VTPModel
-from unitok.modalities.image.vtp_config import VTPConfig
 
 import unitok
 from unitok.config import ConfigError
+from unitok.modalities.image.vtp import VTPModel
+from unitok.modalities.image.vtp_config import VTPConfig
 from unitok.models.pretrained import CheckpointMismatchError
 from unitok.testing import TINY_VTP, random_text_tokens
 

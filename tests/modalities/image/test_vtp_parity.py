@@ -4,69 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from unitok.modalities.image.vtp import VTPModel
 
 import unitok
+from unitok.modalities.image.vtp import VTPModel
+from unitok.modalities.image.vtp_parity import fp32_rope_outputs, max_abs_diff, public_api_outputs
 
 TOL = 1e-5
 
 
-def _flatten(value):
-    """Nested lists/tuples of tensors -> flat list."""
-    if torch.is_tensor(value):
-        return [value]
-    return [t for v in value for t in _flatten(v)]
-
-
 def _assert_close(name, got, want):
-    got, want = _flatten(got), _flatten(want)
-    assert len(got) == len(want), f"{name}: {len(got)} tensors vs {len(want)} in the reference"
-    for g, w in zip(got, want, strict=True):
-        assert g.shape == w.shape, f"{name}: shape {tuple(g.shape)} vs reference {tuple(w.shape)}"
-        err = (g.float() - w.float()).abs().max().item()
-        assert err <= TOL, f"{name}: max abs diff {err:.3g} > {TOL}"
-
-
-def public_api_outputs(model: VTPModel, inputs: dict) -> dict:
-    """Every public-API output named as in reference.pt['outputs']."""
-    img, img_ns, txt, lat = (
-        inputs["images"],
-        inputs["images_nonsquare"],
-        inputs["text_tokens"],
-        inputs["random_latents"],
-    )
-    m = model
-    out = {}
-    with torch.no_grad():
-        out["recon_latents"] = m.get_reconstruction_latents(img)
-        out["decoded_images"] = m.get_latents_decoded_images(out["recon_latents"])
-        out["decoded_random_latents"] = m.get_latents_decoded_images(lat)
-        out["clip_image_feature"] = m.get_clip_image_feature(img)
-        out["clip_image_feature_unnorm"] = m.get_clip_image_feature(img, normalize=False)
-        out["clip_text_feature"] = m.get_clip_text_feature(txt)
-        out["clip_text_feature_unnorm"] = m.get_clip_text_feature(txt, normalize=False)
-        out["clip_logits_image_text"] = m.get_clip_logits(img, txt)[0]
-        last = m.get_last_layer_feature(img)
-        out["last_layer_cls_token"], out["last_layer_patch_tokens"] = last["cls_token"], last["patch_tokens"]
-        bott = m.get_last_layer_feature(img, use_bottleneck=True)
-        out["last_layer_bottleneck_cls_token"] = bott["cls_token"]
-        out["last_layer_bottleneck_patch_tokens"] = bott["patch_tokens"]
-        pairs = m.get_intermediate_layers_feature(img, n=2, return_class_token=True, norm=True)
-        out["intermediate_n2_patch_tokens"] = [p for p, _ in pairs]
-        out["intermediate_n2_cls_tokens"] = [c for _, c in pairs]
-        out["intermediate_n2_nonorm_patch_tokens"] = m.get_intermediate_layers_feature(img, n=2, norm=False)
-        out["intermediate_n2_reshape"] = m.get_intermediate_layers_feature(img, n=2, reshape=True)
-        out["intermediate_idx0_patch_tokens"] = m.get_intermediate_layers_feature(img, n=[0])
-        out["forward_rec_reconstructed_image"] = m(img, forward_type="rec")["reconstructed_image"]
-        out["forward_clip_logit_scale_exp"] = m(img, txt, forward_type="clip")["logit_scale"]
-        feat = m(img, forward_type="feature")
-        out["forward_feature_cls_token"], out["forward_feature_patch_tokens"] = feat["cls_token"], feat["patch_tokens"]
-        out["nonsquare_recon_latents"] = m.get_reconstruction_latents(img_ns)
-        out["nonsquare_decoded_images"] = m.get_latents_decoded_images(out["nonsquare_recon_latents"])
-        last_ns = m.get_last_layer_feature(img_ns)
-        out["nonsquare_last_layer_cls_token"] = last_ns["cls_token"]
-        out["nonsquare_last_layer_patch_tokens"] = last_ns["patch_tokens"]
-    return out
+    err = max_abs_diff(got, want)
+    assert err <= TOL, f"{name}: max abs diff {err:.3g} > {TOL}"
 
 
 @pytest.fixture(scope="module")
@@ -91,14 +39,10 @@ def test_every_official_output_matches(parity_model, vtp_reference):
 def test_fp32_rope_outputs_match(vtp_parity_dir, vtp_reference):
     model = unitok.load_pretrained(vtp_parity_dir, rope_dtype="float32")
     ref, inputs = vtp_reference["fp32_rope_outputs"], vtp_reference["inputs"]
-    with torch.no_grad():
-        latents = model.get_reconstruction_latents(inputs["images"])
-        _assert_close("recon_latents", latents, ref["recon_latents"])
-        _assert_close(
-            "decoded_images", model.get_latents_decoded_images(inputs["random_latents"]), ref["decoded_images"]
-        )
-        patches = model.get_last_layer_feature(inputs["images"])["patch_tokens"]
-        _assert_close("last_layer_patch_tokens", patches, ref["last_layer_patch_tokens"])
+    ours = fp32_rope_outputs(model, inputs)
+    for name, want in ref.items():
+        _assert_close(name, ours[name], want)
+    patches = ours["last_layer_patch_tokens"]
     # and the bf16 emulation is what makes the difference: fp32 RoPE is measurably off the official outputs
     official = vtp_reference["outputs"]["last_layer_patch_tokens"]
     assert (patches - official).abs().max() > 1e-6

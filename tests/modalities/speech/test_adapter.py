@@ -1,8 +1,8 @@
 import pytest
 import torch
-from unitok.modalities.speech.adapter import SpeechAdapter
 
 import unitok
+from unitok.modalities.speech.adapter import SpeechAdapter
 
 
 def batch_of_lengths(lengths, frame=320):
