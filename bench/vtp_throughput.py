@@ -10,13 +10,19 @@ with bfloat16 RoPE (the official numerics), and ``timm-eva`` (``timm.models.eva.
 bottleneck Linear, and a decoder of ``EvaBlock``s driven by ``RotaryEmbeddingDinoV3``). Our weights are copied
 into the timm model and a sanity check first shows that latents and decoded images agree in float32.
 
-Each (implementation, phase) runs in a fresh subprocess of this script: warm-up calls, then ``--iters`` timed calls
-under ``torch.inference_mode``; images/s is batch / median call time. Peak memory is the increase over the memory
-held before the first call (model, inputs) during warm-up + timed calls: on CUDA ``max_memory_allocated`` minus
-``memory_allocated``; on CPU the peak RSS (VmHWM, the per-process ``ru_maxrss``) minus its high-water mark before
-the first call, which is first reset to the current RSS through ``/proc/self/clear_refs`` (so model building does
-not mask it).
-``--rounds`` repeats every measurement (in alternating order) and keeps the median. Target: ratio ours/timm >= 1.
+Each (implementation, phase) runs in a fresh subprocess of this script (same thread count): warm-up calls, then
+``--iters`` timed calls under ``torch.inference_mode``. ``--rounds`` repeats every measurement (implementations in
+alternating order); images/s = batch / median of all timed calls (best ms: the fastest call). Memory is the
+increase over what the process holds before the first call (model, inputs):
+
+* CUDA: ``peak MB`` = ``max_memory_allocated`` - ``memory_allocated`` over warm-up + timed calls.
+* CPU: the RSS high-water mark (VmHWM; ``ru_maxrss`` of the process), reset to the current RSS through
+  ``/proc/self/clear_refs`` before measuring. ``live MB``: during the warm-up, with glibc told to mmap every block
+  >= 128 KiB and unmap it on free, so it tracks the live tensors and repeats to ~1 MB. ``peak MB``: during the
+  timed calls, with blocks up to 32 MiB served from the heap (where glibc's default settles), so it includes heap
+  fragmentation and moves by tens of MB from run to run at batch 4.
+
+Target: images/s ratio ours/timm >= 1.0.
 
 Run:
     .venv/bin/python bench/vtp_throughput.py                      # CPU (fp32, batch 4) unless CUDA is present
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import gc
 import json
 import os
@@ -36,6 +43,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from functools import partial
 from typing import Any
@@ -116,28 +124,19 @@ def ours_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def build_timm(ours: nn.Module) -> TimmVTP:
+def build(impl: str, timm_weights: str) -> nn.Module:
+    """One model per worker process; the timm one loads our weights, converted and saved by :func:`prepare`."""
+    if impl != TIMM:
+        return build_ours(next(k for k, v in OURS.items() if v == impl))
     model = TimmVTP()
-    model.load_state_dict(ours_to_timm(ours.state_dict()), strict=True)
+    model.load_state_dict(torch.load(timm_weights, mmap=True, weights_only=True), strict=True)
     return model.eval()
-
-
-def build(impl: str) -> nn.Module:
-    if impl == TIMM:
-        ours = build_ours("float32")
-        model = build_timm(ours)
-        del ours
-        return model
-    return build_ours(next(k for k, v in OURS.items() if v == impl))
 
 
 # ---------------------------------------------------------------------------------------------- measurement
 def _rss_hwm_kib() -> int:
-    """This process's RSS high-water mark in KiB: VmHWM, else ru_maxrss.
-
-    ru_maxrss alone is unusable in a worker: across fork/exec it inherits the parent's high-water mark, and the
-    /proc/self/clear_refs reset below does not lower it; VmHWM (the same counter, per address space) does.
-    """
+    """RSS high-water mark in KiB: VmHWM, else ru_maxrss (which a worker inherits from its parent across exec and
+    which clear_refs does not lower)."""
     with contextlib.suppress(OSError), open("/proc/self/status") as f:
         for line in f:
             if line.startswith("VmHWM:"):
@@ -154,78 +153,99 @@ def _reset_rss_hwm() -> bool:
         return False
 
 
+def _mallopt(mmap_threshold: int, trim_threshold: int) -> bool:
+    """Fix glibc's mmap / trim thresholds (this also turns off its dynamic mmap threshold)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(-3, mmap_threshold) and libc.mallopt(-1, trim_threshold)  # M_MMAP_/M_TRIM_THRESHOLD
+        libc.malloc_trim(0)
+        return bool(ok)
+    except (OSError, AttributeError):
+        return False
+
+
+def _calls(fn: Any, x: torch.Tensor, n: int, sync: Any) -> list[float]:
+    times = []
+    for _ in range(n):
+        sync()
+        t0 = time.perf_counter()
+        fn(x)
+        sync()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def worker(a: argparse.Namespace) -> dict[str, Any]:
+    """One (implementation, phase) measurement; see the module docstring for the memory figures."""
     impl, phase = a.worker
-    dev, cuda = torch.device(a.device), a.device == "cuda"
-    model = build(impl).to(dev)
-    gen = torch.Generator().manual_seed(SEED + 1)
+    cuda = a.device == "cuda"
+    # CPU warm-up: every block >= 128 KiB is mmapped and unmapped on free, so the RSS peak tracks live tensors
+    mmap_small = not cuda and _mallopt(1 << 17, 1 << 17)
+    model = build(impl, a.timm_weights).to(a.device)
     shape = (a.batch, 3, SIZE, SIZE) if phase == "encode" else (a.batch, 64, SIZE // PATCH, SIZE // PATCH)
-    x = torch.randn(shape, generator=gen).to(dev)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(SEED + 1)).to(a.device)
     fn = model.get_reconstruction_latents if phase == "encode" else model.get_latents_decoded_images
     amp = torch.autocast(a.device, dtype=torch.bfloat16) if a.dtype == "bf16" else contextlib.nullcontext()
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     gc.collect()
-    if cuda:
-        sync()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    hwm_reset = False if cuda else _reset_rss_hwm()
-    base_kib = _rss_hwm_kib()
-    times = []
+    out: dict[str, Any] = {"impl": impl, "phase": phase, "live_mb": None}
     with torch.inference_mode(), amp:
-        for i in range(a.warmup + a.iters):
-            sync()
-            t0 = time.perf_counter()
-            fn(x)
-            sync()
-            if i >= a.warmup:
-                times.append(time.perf_counter() - t0)
-    if cuda:
-        peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        peak_mb = (_rss_hwm_kib() - base_kib) / 1024
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        out["rss_hwm_reset"] = not cuda and _reset_rss_hwm()
+        base = torch.cuda.memory_allocated() if cuda else _rss_hwm_kib()
+        _calls(fn, x, a.warmup, sync)
+        if not cuda:
+            if mmap_small and out["rss_hwm_reset"]:
+                out["live_mb"] = (_rss_hwm_kib() - base) / 1024
+            _mallopt(32 << 20, 64 << 20)  # timed: blocks up to 32 MiB from the heap, as glibc's default settles on
+            _reset_rss_hwm()
+            base = _rss_hwm_kib()
+        times = _calls(fn, x, a.iters, sync)
+        out["peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else (_rss_hwm_kib() - base) / 1024
     med = statistics.median(times)
-    return {"impl": impl, "phase": phase, "images_per_s": a.batch / med, "median_s": med, "times_s": times,
-            "peak_mb": peak_mb, "rss_hwm_reset": hwm_reset}  # fmt: skip
+    return {**out, "images_per_s": a.batch / med, "median_s": med, "times_s": times}
 
 
 def run_worker(a: argparse.Namespace, impl: str, phase: str) -> dict[str, Any]:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", impl, phase, "--device", a.device,
-           "--dtype", a.dtype, "--batch", str(a.batch), "--iters", str(a.iters), "--warmup", str(a.warmup)]  # fmt: skip
+           "--dtype", a.dtype, "--batch", str(a.batch), "--iters", str(a.iters), "--warmup", str(a.warmup),
+           "--timm-weights", a.timm_weights]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"worker {impl}/{phase} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def check_equivalence(batch: int = 2) -> dict[str, float]:
-    """float32 RoPE, float32 CPU: our latents / decoded images against the timm equivalent (same decoder input)."""
-    ours = build_ours("float32")
-    ref = build_timm(ours)
+def prepare(timm_weights: str, check: bool, batch: int = 2) -> dict[str, float]:
+    """Save our weights in the timm layout for the workers; with ``check``, compare the two in float32 on CPU
+    (float32 RoPE; the decoders get the same latents). Returns the max abs differences and output scales."""
+    ours, ref = build_ours("float32"), TimmVTP().eval()
+    ref.load_state_dict(ours_to_timm(ours.state_dict()), strict=True)
+    torch.save(ref.state_dict(), timm_weights)
+    if not check:
+        return {}
     x = torch.randn(batch, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(SEED + 1))
     with torch.inference_mode():
         z, z_ref = ours.get_reconstruction_latents(x), ref.get_reconstruction_latents(x)
         y, y_ref = ours.get_latents_decoded_images(z), ref.get_latents_decoded_images(z)
     out = {}
-    for name, got, ref_out in (("latents", z, z_ref), ("images", y, y_ref)):
-        out[f"{name}_max_abs_diff"] = (got - ref_out).abs().max().item()
-        out[f"{name}_max_abs"] = ref_out.abs().max().item()
+    for name, got, want in (("latents", z, z_ref), ("images", y, y_ref)):
+        out[f"{name}_max_abs_diff"] = (got - want).abs().max().item()
+        out[f"{name}_max_abs"] = want.abs().max().item()
     return out
 
 
 def machine(device: str) -> dict[str, Any]:
+    import timm
+
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version()}  # fmt: skip
-    with contextlib.suppress(ImportError):
-        import timm
-
-        info["timm"] = timm.__version__
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "timm": timm.__version__, "python": platform.python_version(),
+            "gpu": torch.cuda.get_device_name() if device == "cuda" else None}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -236,17 +256,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, help="default: 4 on CPU, 64 on CUDA")
     p.add_argument("--iters", type=int, help="timed calls per measurement (default: 5 on CPU, 20 on CUDA)")
     p.add_argument("--warmup", type=int, help="untimed calls first (default: 1 on CPU, 5 on CUDA)")
-    p.add_argument("--rounds", type=int, default=1, help="repeat every measurement, alternating the order")
+    p.add_argument("--rounds", type=int, default=2, help="repeat every measurement, alternating the order")
     p.add_argument("--rope-dtype", choices=["float32", "bfloat16", "both"], default="both")
     p.add_argument("--skip-check", action="store_true", help="skip the float32 equivalence check")
     p.add_argument("--json", help="write every figure to this path")
     p.add_argument("--worker", nargs=2, metavar=("IMPL", "PHASE"), help=argparse.SUPPRESS)
+    p.add_argument("--timm-weights", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     cpu = a.device == "cpu"
     a.dtype = a.dtype or ("fp32" if cpu else "bf16")
     a.batch = a.batch or (4 if cpu else 64)
     a.iters = a.iters or (5 if cpu else 20)
-    a.warmup = a.warmup if a.warmup is not None else (1 if cpu else 5)
+    a.warmup = max(1, a.warmup if a.warmup is not None else (1 if cpu else 5))
     return a
 
 
@@ -259,51 +280,59 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("--device cuda but no CUDA device is available")
     t_start = time.perf_counter()
     info = machine(a.device)
-    gpu = f" | {info['gpu']}" if "gpu" in info else ""
+    gpu = f" | {info['gpu']}" if info["gpu"] else ""
     print(f"# {info['cpu']} ({info['cores']} cores, {info['torch_threads']} torch threads){gpu} | torch {info['torch']}"
-          f" | timm {info.get('timm')} | python {info['python']}")  # fmt: skip
+          f" | timm {info['timm']} | python {info['python']}")  # fmt: skip
     print(f"# {PRESET} @ {SIZE}px, device={a.device} dtype={a.dtype} batch={a.batch} warmup={a.warmup} "
           f"iters={a.iters} rounds={a.rounds}")  # fmt: skip
-    check = {}
-    if not a.skip_check:
-        check = check_equivalence()
-        print(f"# equivalence (fp32 RoPE, fp32 CPU): latents max|diff| {check['latents_max_abs_diff']:.2e} "
-              f"(max|z| {check['latents_max_abs']:.2f}), images max|diff| {check['images_max_abs_diff']:.2e} "
-              f"(max|x| {check['images_max_abs']:.2f})")  # fmt: skip
-        if max(check["latents_max_abs_diff"], check["images_max_abs_diff"]) > 1e-3:
-            sys.exit("the timm model is not equivalent to ours; the comparison would be meaningless")
     ours = [OURS[d] for d in (["float32", "bfloat16"] if a.rope_dtype == "both" else [a.rope_dtype])]
     impls = [*ours, TIMM]
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {(i, p): [] for i in impls for p in PHASES}
-    for r in range(a.rounds):
-        for phase in PHASES:
-            for impl in impls if r % 2 == 0 else impls[::-1]:
-                runs[impl, phase].append(run_worker(a, impl, phase))
+    with tempfile.TemporaryDirectory(prefix="vtp_bench_") as tmp:
+        a.timm_weights = os.path.join(tmp, "timm_vtp_b.pt")
+        check = prepare(a.timm_weights, check=not a.skip_check)
+        if check:
+            print(f"# equivalence (fp32 RoPE, fp32 CPU): latents max|diff| {check['latents_max_abs_diff']:.2e} "
+                  f"(max|z| {check['latents_max_abs']:.2f}), images max|diff| {check['images_max_abs_diff']:.2e} "
+                  f"(max|x| {check['images_max_abs']:.2f})")  # fmt: skip
+            if max(check["latents_max_abs_diff"], check["images_max_abs_diff"]) > 1e-4:
+                sys.exit("the timm model is not equivalent to ours; the comparison would be meaningless")
+        for r in range(a.rounds):  # phase by phase, implementations in alternating order
+            for phase in PHASES:
+                for impl in impls if r % 2 == 0 else impls[::-1]:
+                    runs[impl, phase].append(run_worker(a, impl, phase))
     results = []
-    print(f"\n{'impl':<15} {'phase':<7} {'images/s':>10} {'ms/call':>9} {'peak MB':>9}")
+    print(f"\n{'impl':<15} {'phase':<7} {'images/s':>9} {'ms/call':>8} {'best ms':>8} {'peak MB':>8} {'live MB':>8}")
     for (impl, phase), rs in runs.items():
-        ips = statistics.median(r["images_per_s"] for r in rs)
-        peak = statistics.median(r["peak_mb"] for r in rs)
-        results.append({"impl": impl, "phase": phase, "images_per_s": ips, "peak_mb": peak, "runs": rs})
-        print(f"{impl:<15} {phase:<7} {ips:>10.2f} {1000 * a.batch / ips:>9.1f} {peak:>9.1f}")
+        times = [t for r in rs for t in r["times_s"]]  # every timed call of every round
+        med, peak = statistics.median(times), statistics.median(r["peak_mb"] for r in rs)
+        live = statistics.median(r["live_mb"] for r in rs) if all(r["live_mb"] is not None for r in rs) else None
+        results.append({"impl": impl, "phase": phase, "images_per_s": a.batch / med, "best_images_per_s":
+                        a.batch / min(times), "peak_mb": peak, "live_mb": live, "runs": rs})  # fmt: skip
+        live_s = f"{live:>8.1f}" if live is not None else f"{'-':>8}"
+        ms = f"{1e3 * med:>8.1f} {1e3 * min(times):>8.1f}"
+        print(f"{impl:<15} {phase:<7} {a.batch / med:>9.2f} {ms} {peak:>8.1f} {live_s}")
     by = {(r["impl"], r["phase"]): r for r in results}
     ratios = {}
     print()
     for impl in ours:
         for phase in PHASES:
-            ratio = by[impl, phase]["images_per_s"] / by[TIMM, phase]["images_per_s"]
-            mem = by[impl, phase]["peak_mb"] / max(by[TIMM, phase]["peak_mb"], 1e-9)
-            ratios[f"{phase}/{impl}"] = {"throughput": ratio, "peak_mem": mem}
-            verdict = "ok" if ratio >= 1.0 else "BELOW TARGET"
-            print(f"{phase} ratio ours/timm = {ratio:.2f}  ({impl}; peak MB ours/timm = {mem:.2f}; target >= 1.0: "
-                  f"{verdict})")  # fmt: skip
+            mine, ref = by[impl, phase], by[TIMM, phase]
+            ratio = mine["images_per_s"] / ref["images_per_s"]
+            best = mine["best_images_per_s"] / ref["best_images_per_s"]
+            mem = {k: mine[k] / ref[k] if mine[k] is not None and ref[k] else None for k in ("peak_mb", "live_mb")}
+            ratios[f"{phase}/{impl}"] = {"throughput": ratio, "best_throughput": best, **mem}
+            mem_s = ", ".join(f"{k[:4]} {v:.2f}" for k, v in mem.items() if v is not None)
+            print(f"{phase} ratio ours/timm = {ratio:.3f}  [{impl}; {'ok' if ratio >= 1.0 else 'BELOW'} target 1.0; "
+                  f"best-call ratio {best:.3f}; memory ours/timm: {mem_s}]")  # fmt: skip
     elapsed = time.perf_counter() - t_start
     print(f"\n# total {elapsed:.0f} s")
     if a.json:
         os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
         with open(a.json, "w") as f:
-            json.dump({"machine": info, "args": {k: v for k, v in vars(a).items() if k != "worker"}, "check": check,
-                       "results": results, "ratios": ratios, "elapsed_s": elapsed}, f, indent=2)  # fmt: skip
+            args = {k: v for k, v in vars(a).items() if k not in ("worker", "timm_weights")}
+            json.dump({"machine": info, "args": args, "check": check, "results": results, "ratios": ratios,
+                       "elapsed_s": elapsed}, f, indent=2)  # fmt: skip
 
 
 if __name__ == "__main__":
