@@ -1,0 +1,1 @@
+"""Training engine: tasks, trainer, optimiser groups and schedules, checkpoints, distributed helpers."""

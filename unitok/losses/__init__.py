@@ -1,0 +1,1 @@
+"""Loss terms: each returns named ``*_loss`` terms; :mod:`unitok.losses.compose` weights and sums them."""
