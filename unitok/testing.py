@@ -41,3 +41,35 @@ def random_text_tokens(batch: int, context_length: int, vocab_size: int, seed: i
         out[i, 1 : n + 1] = torch.randint(1, vocab_size - 2, (n,), generator=g)
         out[i, min(n + 1, context_length - 1)] = vocab_size - 1
     return out
+
+
+def run_distributed(fn, world_size: int, *args, timeout_s: float = 60.0) -> None:
+    """Run ``fn(rank, world_size, init_file, *args)`` in ``world_size`` CPU processes over gloo.
+
+    ``fn`` must be a module-level function; it calls :func:`init_gloo` first. Raises if any process fails.
+    """
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file = f"{tmp}/rendezvous"
+        ctx = mp.start_processes(
+            fn, args=(world_size, init_file, *args), nprocs=world_size, join=False, start_method="spawn"
+        )
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while not ctx.join(timeout=1.0):
+            if time.monotonic() > deadline:
+                for p in ctx.processes:
+                    p.kill()
+                raise TimeoutError(f"distributed test did not finish within {timeout_s} s")
+
+
+def init_gloo(rank: int, world_size: int, init_file: str) -> None:
+    """Initialise a CPU gloo process group through a shared file (no ports needed)."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)

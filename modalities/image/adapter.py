@@ -121,11 +121,12 @@ class ImageAdapter(ModalityAdapter):
         std = torch.tensor(self.std, device=image01.device, dtype=image01.dtype).view(1, -1, 1, 1)
         return (image01 - mean) / std
 
-    def denormalize(self, image: torch.Tensor) -> torch.Tensor:
-        """Model space -> [0, 1] pixels (clamped)."""
+    def denormalize(self, image: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        """Model space -> [0, 1] pixels (clamped unless ``clamp=False``, e.g. inside a loss)."""
         mean = torch.tensor(self.mean, device=image.device, dtype=image.dtype).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=image.device, dtype=image.dtype).view(1, -1, 1, 1)
-        return (image * std + mean).clamp(0, 1)
+        image = image * std + mean
+        return image.clamp(0, 1) if clamp else image
 
     def dummy_batch(self, batch_size: int, generator: torch.Generator | None = None, size=(64, 64)) -> dict:
         image = torch.randn(batch_size, self.in_chans, *size, generator=generator)
