@@ -61,6 +61,11 @@ ADAPTERS = Registry(
     },
 )
 
+#: training tasks: name -> builder(run_config, model, params) -> Task
+TASKS = Registry("task", {"autoencoder": "unitok.engine.builders:build_autoencoder_task"})
+#: training data sets: name -> builder(params, split) -> (dataset, collate_fn)
+DATASETS = Registry("dataset", {"toy_shapes": "unitok.modalities.image.builders:build_toy_dataset"})
+
 
 def _register_presets() -> None:
     from unitok.models.presets import PRESETS

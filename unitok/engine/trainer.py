@@ -1,0 +1,288 @@
+"""Trainer: one loop from a laptop to multi-node torchrun (DDP or FSDP2), resumable to the exact same weights.
+
+Per optimiser step: ``grad_accum`` micro-batches under bf16 autocast (optional), gradient clipping, a
+non-finite guard (skip the step; after ``max_consecutive_nonfinite`` in a row, roll weights back to the last
+checkpoint and go on with new data), AdamW with per-step lr / weight-decay schedules, ``task.after_step``, an
+EMA of the exported model, metrics, atomic checkpoints of the whole train state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from unitok.engine.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from unitok.engine.distributed import DistInfo, all_reduce_mean, wrap_trainable
+from unitok.engine.logging import MetricsLogger
+from unitok.engine.optim import OptimConfig, apply_schedules, build_adamw, cosine_schedule
+from unitok.engine.state import EpochSeeded, ResumableSampler, TrainState
+from unitok.engine.task import Task
+
+
+@dataclass
+class TrainConfig:
+    """Attributes:
+    steps: optimiser steps of the run.
+    batch_size: samples per micro-batch per rank.
+    grad_accum: micro-batches per optimiser step.
+    precision: 'bf16' (autocast) or 'fp32'.
+    device: 'auto', 'cpu' or 'cuda'.
+    strategy: 'ddp', 'fsdp' (FSDP2 fully_shard) or 'none' when launched with several processes.
+    compile: torch.compile the trainable modules.
+    grad_checkpointing: recompute Transformer blocks in the backward pass.
+    ema_decay: EMA of the exported model for evaluation (0 disables it).
+    log_every, ckpt_every: in optimiser steps.
+    keep_last: checkpoints kept on disk.
+    max_consecutive_nonfinite: non-finite steps in a row before rolling back to the last checkpoint.
+    num_workers: DataLoader workers.
+    seed: base seed of data order, augmentations and initialisation.
+    progress: show a progress bar.
+    tensorboard: also log to TensorBoard.
+    """
+
+    steps: int = 1000
+    batch_size: int = 32
+    grad_accum: int = 1
+    precision: str = "bf16"
+    device: str = "auto"
+    strategy: str = "ddp"
+    compile: bool = False
+    grad_checkpointing: bool = False
+    ema_decay: float = 0.0
+    log_every: int = 10
+    ckpt_every: int = 200
+    keep_last: int = 2
+    max_consecutive_nonfinite: int = 5
+    num_workers: int = 0
+    seed: int = 0
+    progress: bool = True
+    tensorboard: bool = False
+
+
+class Trainer:
+    """Runs a :class:`Task` on a map-style data set.
+
+    Args:
+        task: the task (its ``trainable`` submodules are wrapped and optimised).
+        dataset: map-style data set of samples; ``collate_fn`` makes batches.
+        optim: optimiser and schedule configuration.
+        cfg: loop configuration.
+        run_dir: run directory (checkpoints/, metrics.jsonl); None disables checkpoints.
+        info: distributed information from :func:`~unitok.engine.distributed.init_distributed`.
+    """
+
+    def __init__(self, task: Task, dataset: Dataset, collate_fn, optim: OptimConfig, cfg: TrainConfig,
+                 run_dir: str | Path | None, info: DistInfo | None = None):  # fmt: skip
+        self.cfg, self.optim_cfg = cfg, optim
+        self.info = info or DistInfo()
+        self.device = self.info.device
+        self.task = task.to(self.device)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.ckpt_dir = self.run_dir / "checkpoints" if self.run_dir is not None else None
+        self.state = TrainState()
+        self.dataset = EpochSeeded(dataset, seed=cfg.seed)
+        self.collate_fn = collate_fn
+        self.sampler = ResumableSampler(
+            len(dataset), seed=cfg.seed, rank=self.info.rank, world_size=self.info.world_size
+        )
+        self._setup_modules()
+        self.optimizer = build_adamw(self._trainable_root(), optim)
+        self.lr_at = cosine_schedule(optim.lr, optim.min_lr, cfg.steps, optim.warmup_steps)
+        self.wd_at = cosine_schedule(optim.weight_decay, optim.weight_decay_end, cfg.steps)
+        self.ema = None
+        if cfg.ema_decay > 0:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(task.export_model(), decay=cfg.ema_decay)
+        self.logger = MetricsLogger(self.run_dir, enabled=self.info.is_main, tensorboard=cfg.tensorboard)
+        self._consecutive_nonfinite = 0
+
+    # ------------------------------------------------------------------------------------------ set-up
+    def _setup_modules(self) -> None:
+        from unitok.models.transformer import TransformerStack
+
+        for name in self.task.trainable:
+            module = getattr(self.task, name)
+            if self.cfg.grad_checkpointing:
+                for m in module.modules():
+                    if isinstance(m, TransformerStack):
+                        m.cfg.grad_checkpointing = True
+            if self.cfg.compile:
+                module.compile()
+            wrapped = wrap_trainable(module, self.info, self.cfg.strategy)
+            if wrapped is not module:
+                self.task.set_wrapper(name, wrapped)
+
+    def _trainable_root(self) -> torch.nn.Module:
+        return torch.nn.ModuleDict({n: getattr(self.task, n) for n in self.task.trainable})
+
+    def _trainable_params(self) -> list[torch.nn.Parameter]:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    # ------------------------------------------------------------------------------------------ data
+    def _batches(self):
+        """Batches forever, keeping ``state.epoch`` / ``state.batch_in_epoch`` equal to what was consumed."""
+        while True:
+            self.sampler.set_epoch(self.state.epoch, start=self.state.batch_in_epoch * self.cfg.batch_size)
+            self.dataset.set_epoch(self.state.epoch)
+            loader = DataLoader(
+                self.dataset, batch_size=self.cfg.batch_size, sampler=self.sampler, collate_fn=self.collate_fn,
+                num_workers=self.cfg.num_workers, drop_last=True, pin_memory=self.device.type == "cuda",
+                generator=torch.Generator().manual_seed(self.cfg.seed + self.state.epoch),
+            )  # fmt: skip
+            for batch in loader:
+                self.state.batch_in_epoch += 1
+                yield batch
+            self.state.epoch += 1
+            self.state.batch_in_epoch = 0
+
+    def _to_device(self, batch: Any) -> Any:
+        if torch.is_tensor(batch):
+            return batch.to(self.device, non_blocking=True)
+        if isinstance(batch, dict):
+            return {k: self._to_device(v) for k, v in batch.items()}
+        if isinstance(batch, list | tuple):
+            return type(batch)(self._to_device(v) for v in batch)
+        return batch
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_sd, optim_sd = get_state_dict(self._trainable_root(), self.optimizer, options=opts)
+        trainable = set(self.task.trainable)
+        rest = {k: v for k, v in self.task.state_dict().items() if k.split(".", 1)[0] not in trainable}
+        return {"trainable": model_sd, "task_rest": rest, "optimizer": optim_sd, "state": self.state.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None, "rng": rng_state()}  # fmt: skip
+
+    def load_state_dict(self, ckpt: dict[str, Any], restore_data_and_rng: bool = True) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        opts = StateDictOptions(full_state_dict=True)
+        set_state_dict(self._trainable_root(), self.optimizer, model_state_dict=ckpt["trainable"],
+                       optim_state_dict=ckpt["optimizer"], options=opts)  # fmt: skip
+        self.task.load_state_dict(ckpt["task_rest"], strict=False)
+        if self.ema is not None and ckpt.get("ema") is not None:
+            self.ema.load_state_dict(ckpt["ema"])
+        saved = TrainState()
+        saved.load_state_dict(ckpt["state"])
+        if restore_data_and_rng:
+            self.state = saved
+            set_rng_state(ckpt["rng"])
+        else:  # a rollback keeps the data position and RNG moving forward, and counts itself
+            self.state.step = saved.step
+
+    def save(self) -> None:
+        if self.ckpt_dir is None:
+            return
+        sd = self.state_dict()  # collective under FSDP: every rank takes part
+        if self.info.is_main:
+            save_checkpoint(self.ckpt_dir, self.state.step, sd, keep_last=self.cfg.keep_last)
+
+    def maybe_resume(self) -> bool:
+        """Resume from the run directory's latest checkpoint, if any."""
+        path = latest_checkpoint(self.ckpt_dir) if self.ckpt_dir is not None else None
+        if path is None:
+            return False
+        self.load_state_dict(load_checkpoint(path))
+        self.logger.log(self.state.step, {"event": f"resumed from {path.name}"})
+        return True
+
+    # ------------------------------------------------------------------------------------------ loop
+    def _autocast(self):
+        enabled = self.cfg.precision == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _no_sync(self, last_micro: bool):
+        stack = contextlib.ExitStack()
+        if not last_micro:
+            for wrapper in self.task._wrapped.values():
+                if hasattr(wrapper, "no_sync"):
+                    stack.enter_context(wrapper.no_sync())
+        return stack
+
+    def train_step(self, batches) -> dict[str, float]:
+        """One optimiser step over ``grad_accum`` micro-batches; returns the averaged report."""
+        step = self.state.step
+        apply_schedules(self.optimizer, self.lr_at(step), self.wd_at(step))
+        self.task.train()
+        reports = []
+        for micro in range(self.cfg.grad_accum):
+            batch = self._to_device(next(batches))
+            with self._no_sync(micro == self.cfg.grad_accum - 1), self._autocast():
+                loss, report = self.task.training_forward(batch, step)
+                (loss / self.cfg.grad_accum).backward()
+            reports.append(report)
+        report = {k: sum(r[k] for r in reports) / len(reports) for k in reports[0]}
+        params = self._trainable_params()
+        clip = self.optim_cfg.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
+        finite = torch.tensor(
+            float(math.isfinite(report["loss"]) and bool(torch.isfinite(grad_norm))), device=self.device
+        )
+        if all_reduce_mean(finite).item() < 1.0:
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._on_nonfinite(report)
+        self._consecutive_nonfinite = 0
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.task.after_step(step)
+        if self.ema is not None:
+            self.ema.update(self.task.export_model(), step=step)
+        self.state.step += 1
+        report.update(
+            grad_norm=float(grad_norm),
+            lr=self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0]["lr_mult"],
+        )
+        return report
+
+    def _on_nonfinite(self, report: dict[str, float]) -> dict[str, float]:
+        self.state.skipped_steps += 1
+        self._consecutive_nonfinite += 1
+        event = f"non-finite loss/gradient: step {self.state.step} skipped ({self._consecutive_nonfinite} in a row)"
+        if self._consecutive_nonfinite >= self.cfg.max_consecutive_nonfinite:
+            path = latest_checkpoint(self.ckpt_dir) if self.ckpt_dir is not None else None
+            if path is None:
+                raise FloatingPointError(f"{event}; no checkpoint to roll back to")
+            self.load_state_dict(load_checkpoint(path), restore_data_and_rng=False)
+            self.state.rollbacks += 1
+            self._consecutive_nonfinite = 0
+            event += f"; rolled back to {path.name}"
+        self.logger.log(self.state.step, {"event": event, **report})
+        return {**report, "skipped": 1.0}
+
+    def fit(self) -> dict[str, float]:
+        """Train to ``cfg.steps`` (resuming if the run directory has a checkpoint); returns the last report."""
+        self.maybe_resume()
+        batches = self._batches()
+        bar = None
+        if self.cfg.progress and self.info.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.cfg.steps, initial=self.state.step, desc="train", dynamic_ncols=True)
+        report: dict[str, float] = {}
+        while self.state.step < self.cfg.steps:
+            before = self.state.step
+            report = self.train_step(batches)
+            if bar is not None and self.state.step > before:
+                bar.update(self.state.step - bar.n)
+                bar.set_postfix(loss=f"{report['loss']:.4f}")
+            if self.state.step > before and (
+                self.state.step % self.cfg.log_every == 0 or self.state.step == self.cfg.steps
+            ):
+                self.logger.log(self.state.step, report, echo=bar is None)
+            if self.state.step > before and (
+                self.state.step % self.cfg.ckpt_every == 0 or self.state.step == self.cfg.steps
+            ):
+                self.save()
+        if bar is not None:
+            bar.close()
+        self.logger.close()
+        return report
