@@ -114,9 +114,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         trainer, task = build_run(cfg, info)
         report = trainer.fit()
+        weights = trainer.export_state_dict()  # every rank takes part (FSDP gathers the shards)
         if info.is_main:
-            model = trainer.ema.module if trainer.ema is not None else task.export_model()
-            model.save_pretrained(run_dir / "model")
+            task.export_model().save_pretrained(run_dir / "model", state_dict=weights)
             print(f"done: step {trainer.state.step}, loss {report.get('loss', float('nan')):.4f}; "
                   f"model in {run_dir / 'model'}, metrics in {run_dir / 'metrics.jsonl'}")  # fmt: skip
     finally:

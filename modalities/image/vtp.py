@@ -260,9 +260,11 @@ class VTPModel(nn.Module):
         raise ValueError(f"Invalid forward_type: {forward_type!r} (expected 'clip', 'rec' or 'feature')")
 
     # ------------------------------------------------------------------------------------------ checkpoints
-    def official_state_dict(self) -> dict[str, torch.Tensor]:
-        """The state dict in the official key layout, RoPE periods included (bfloat16, as upstream)."""
-        sd = unitok_to_official(self.state_dict(), self.config.vision_patch_size)
+    def official_state_dict(self, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The state dict (default ``self.state_dict()``) in the official layout, RoPE periods included (bf16)."""
+        sd = unitok_to_official(
+            state_dict if state_dict is not None else self.state_dict(), self.config.vision_patch_size
+        )
         sd[PERIOD_KEYS[0]] = self.autoencoder.encoder.rope.compute_periods().to(torch.bfloat16)
         if self.autoencoder.decoder is not None:
             sd[PERIOD_KEYS[1]] = self.autoencoder.decoder.rope.compute_periods().to(torch.bfloat16)
@@ -286,9 +288,9 @@ class VTPModel(nn.Module):
         except CheckpointMismatchError as e:  # name the offending keys in the official layout
             raise CheckpointMismatchError(_official_names(str(e))) from None
 
-    def save_pretrained(self, path: str | os.PathLike) -> str:
-        """Write ``config.json`` + ``model.safetensors`` in the released layout."""
-        return str(write_pretrained(path, self.config.to_dict(), self.official_state_dict()))
+    def save_pretrained(self, path: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None) -> str:
+        """Write ``config.json`` + ``model.safetensors`` in the released layout (``state_dict``: full tensors)."""
+        return str(write_pretrained(path, self.config.to_dict(), self.official_state_dict(state_dict)))
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, rope_dtype: str = OFFICIAL_ROPE_DTYPE, **overrides) -> VTPModel:

@@ -28,7 +28,7 @@ def _train_cmd(run_dir: Path) -> list[str]:
 def test_run_killed_at_any_moment_resumes_to_the_same_weights(tmp_path):
     ref_dir, killed_dir = tmp_path / "ref", tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(_train_cmd(ref_dir), check=True, env=env, capture_output=True, timeout=300)
+    subprocess.run(_train_cmd(ref_dir), check=True, env=env, capture_output=True, timeout=120)
     proc = subprocess.Popen(_train_cmd(killed_dir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = killed_dir / "checkpoints" / "latest"
     deadline = time.monotonic() + 120
@@ -39,7 +39,7 @@ def test_run_killed_at_any_moment_resumes_to_the_same_weights(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed_dir / "model").exists(), "the run finished before the kill; the test proves nothing"
-    subprocess.run(_train_cmd(killed_dir), check=True, env=env, capture_output=True, timeout=300)
+    subprocess.run(_train_cmd(killed_dir), check=True, env=env, capture_output=True, timeout=120)
     ref = load_file(ref_dir / "model" / "model.safetensors")
     resumed = load_file(killed_dir / "model" / "model.safetensors")
     assert ref.keys() == resumed.keys()
@@ -111,3 +111,23 @@ def test_bad_recipe_is_reported(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path / "nope.yaml")])
     assert isinstance(Trainer, type)
+
+
+def test_torchrun_ddp_and_fsdp2_match_the_single_process_run(tmp_path):
+    """2 CPU processes (gloo) with batch 4 each = 1 process with batch 8: same samples, same averaged gradient."""
+    base = ["train.steps=3", "train.ema_decay=0.9", "data.params.num_samples=48", *QUICK[2:]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = [sys.executable, "-m", "unitok.train", str(RECIPE), *base, "train.batch_size=8"]
+    subprocess.run([*single, f"run_dir={tmp_path / 'single'}"], check=True, env=env, capture_output=True, timeout=120)
+    ref = load_file(tmp_path / "single" / "model" / "model.safetensors")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    for strategy in ("ddp", "fsdp"):
+        run_dir = tmp_path / strategy
+        cmd = [*torchrun, "-m", "unitok.train", str(RECIPE), *base, "train.batch_size=4", f"train.strategy={strategy}"]
+        subprocess.run([*cmd, f"run_dir={run_dir}"], check=True, env=env, capture_output=True, timeout=120)
+        got = load_file(run_dir / "model" / "model.safetensors")
+        for k in ref:
+            assert torch.allclose(got[k], ref[k], atol=1e-6), (strategy, k)
+        assert read_metrics(run_dir / "metrics.jsonl")[-1]["loss"] == pytest.approx(
+            read_metrics(tmp_path / "single" / "metrics.jsonl")[-1]["loss"], rel=1e-5
+        )

@@ -91,15 +91,15 @@ class Trainer:
         self.sampler = ResumableSampler(
             len(dataset), seed=cfg.seed, rank=self.info.rank, world_size=self.info.world_size
         )
+        self.ema = None
+        if cfg.ema_decay > 0:  # copied before wrapping; sharded like the model under FSDP
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(task.export_model(), decay=cfg.ema_decay)
         self._setup_modules()
         self.optimizer = build_adamw(self._trainable_root(), optim)
         self.lr_at = cosine_schedule(optim.lr, optim.min_lr, cfg.steps, optim.warmup_steps)
         self.wd_at = cosine_schedule(optim.weight_decay, optim.weight_decay_end, cfg.steps)
-        self.ema = None
-        if cfg.ema_decay > 0:
-            from timm.utils import ModelEmaV3
-
-            self.ema = ModelEmaV3(task.export_model(), decay=cfg.ema_decay)
         self.logger = MetricsLogger(self.run_dir, enabled=self.info.is_main, tensorboard=cfg.tensorboard)
         self._consecutive_nonfinite = 0
 
@@ -118,6 +118,8 @@ class Trainer:
             wrapped = wrap_trainable(module, self.info, self.cfg.strategy)
             if wrapped is not module:
                 self.task.set_wrapper(name, wrapped)
+        if self.ema is not None and self.cfg.strategy == "fsdp":
+            wrap_trainable(self.ema.module, self.info, "fsdp")
 
     def _trainable_root(self) -> torch.nn.Module:
         return torch.nn.ModuleDict({n: getattr(self.task, n) for n in self.task.trainable})
@@ -153,24 +155,25 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         model_sd, optim_sd = get_state_dict(self._trainable_root(), self.optimizer, options=opts)
         trainable = set(self.task.trainable)
         rest = {k: v for k, v in self.task.state_dict().items() if k.split(".", 1)[0] not in trainable}
+        ema = get_model_state_dict(self.ema.module, options=opts) if self.ema is not None else None
         return {"trainable": model_sd, "task_rest": rest, "optimizer": optim_sd, "state": self.state.state_dict(),
-                "ema": self.ema.state_dict() if self.ema is not None else None, "rng": rng_state()}  # fmt: skip
+                "ema": ema, "rng": rng_state()}  # fmt: skip
 
     def load_state_dict(self, ckpt: dict[str, Any], restore_data_and_rng: bool = True) -> None:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_state_dict
 
         opts = StateDictOptions(full_state_dict=True)
         set_state_dict(self._trainable_root(), self.optimizer, model_state_dict=ckpt["trainable"],
                        optim_state_dict=ckpt["optimizer"], options=opts)  # fmt: skip
         self.task.load_state_dict(ckpt["task_rest"], strict=False)
         if self.ema is not None and ckpt.get("ema") is not None:
-            self.ema.load_state_dict(ckpt["ema"])
+            set_model_state_dict(self.ema.module, ckpt["ema"], options=opts)
         saved = TrainState()
         saved.load_state_dict(ckpt["state"])
         if restore_data_and_rng:
@@ -178,6 +181,13 @@ class Trainer:
             set_rng_state(ckpt["rng"])
         else:  # a rollback keeps the data position and RNG moving forward, and counts itself
             self.state.step = saved.step
+
+    def export_state_dict(self) -> dict[str, torch.Tensor]:
+        """Full (unsharded, CPU) state dict of the exported model (EMA when enabled). Collective under FSDP."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        model = self.ema.module if self.ema is not None else self.task.export_model()
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def save(self) -> None:
         if self.ckpt_dir is None:
@@ -221,6 +231,9 @@ class Trainer:
                 (loss / self.cfg.grad_accum).backward()
             reports.append(report)
         report = {k: sum(r[k] for r in reports) / len(reports) for k in reports[0]}
+        if self.info.enabled:  # log the mean over ranks, not rank 0's share
+            values = all_reduce_mean(torch.tensor(list(report.values()), dtype=torch.float64, device=self.device))
+            report = dict(zip(report, values.tolist(), strict=True))
         params = self._trainable_params()
         clip = self.optim_cfg.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)

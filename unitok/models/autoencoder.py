@@ -168,13 +168,16 @@ class TransformerAutoencoder(nn.Module):
     # ------------------------------------------------------------------------------------------ checkpoints
     model_type = "unitok_autoencoder"
 
-    def save_pretrained(self, path) -> str:
-        """Write ``config.json`` (model_type + the configuration) and ``model.safetensors``."""
+    def save_pretrained(self, path, state_dict: dict[str, torch.Tensor] | None = None) -> str:
+        """Write ``config.json`` (model_type + the configuration) and ``model.safetensors``.
+
+        ``state_dict``: the full tensors to write (e.g. gathered from a sharded model); default ``self.state_dict()``.
+        """
         from unitok.config import to_dict
         from unitok.models.pretrained import write_pretrained
 
         config = {"model_type": self.model_type, "preset": getattr(self, "preset", None), "config": to_dict(self.cfg)}
-        return str(write_pretrained(path, config, self.state_dict()))
+        return str(write_pretrained(path, config, state_dict if state_dict is not None else self.state_dict()))
 
     @classmethod
     def from_pretrained(cls, path, **overrides) -> TransformerAutoencoder:
