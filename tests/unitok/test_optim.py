@@ -3,7 +3,7 @@ import math
 import pytest
 
 import unitok
-from unitok.engine.optim import OptimConfig, apply_schedules, build_adamw, cosine_schedule, linear_warmup_constant
+from unitok.engine.optim import OptimConfig, apply_schedules, build_adamw, cosine_schedule
 
 
 def _groups_by_name(opt):
@@ -41,14 +41,13 @@ def test_layerwise_lr_decay_matches_dinov2_rule():
 
 def test_cosine_schedule_values():
     s = cosine_schedule(base=4e-3, final=1e-6, total_steps=125_000, warmup_steps=12_500)
-    assert s(0) == 0.0 and s(1250) == pytest.approx(4e-4) and s(12_500) == pytest.approx(4e-3)
+    assert s(0) == 0.0 and s(1250) == pytest.approx(4e-4, rel=1e-3) and s(12_500) == pytest.approx(4e-3)
     assert s(200_000) == 1e-6
     mid = 1e-6 + 0.5 * (4e-3 - 1e-6) * (1 + math.cos(math.pi * 0.5))
     assert s(12_500 + 56_250) == pytest.approx(mid)
     m = cosine_schedule(0.992, 1.0, 1000)
     assert m(500) == pytest.approx(0.996) and m(1000) == 1.0
-    t = linear_warmup_constant(0.04, 0.07, 30)
-    assert t(0) == 0.04 and t(15) == pytest.approx(0.055) and t(31) == 0.07
+    assert s(12_499) == pytest.approx(4e-3)  # inclusive linspace warm-up, as DINOv2
     with pytest.raises(ValueError):
         cosine_schedule(1, 0, 0)
 

@@ -110,26 +110,20 @@ def build_adamw(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
 def cosine_schedule(
     base: float, final: float, total_steps: int, warmup_steps: int = 0, start_warmup: float = 0.0
 ) -> Callable[[int], float]:
-    """DINOv2's scheduler: linear warm-up ``start_warmup -> base`` then half-cosine ``base -> final``; final after."""
+    """DINOv2's scheduler: linear warm-up ``start_warmup -> base`` then half-cosine ``base -> final``; final after.
+
+    The warm-up is an inclusive linspace over ``warmup_steps`` values, as upstream (its last step is ``base``).
+    """
     if total_steps <= 0:
         raise ValueError("total_steps must be positive")
 
     def value(step: int) -> float:
         if step < warmup_steps:
-            return start_warmup + (base - start_warmup) * step / warmup_steps
+            return start_warmup + (base - start_warmup) * step / max(1, warmup_steps - 1)
         if step >= total_steps:
             return final
         t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return final + 0.5 * (base - final) * (1 + math.cos(math.pi * t))
-
-    return value
-
-
-def linear_warmup_constant(start: float, end: float, warmup_steps: int) -> Callable[[int], float]:
-    """Linear ``start -> end`` over ``warmup_steps``, then ``end`` (DINOv2 teacher temperature)."""
-
-    def value(step: int) -> float:
-        return end if step >= warmup_steps else start + (end - start) * step / max(1, warmup_steps)
 
     return value
 
