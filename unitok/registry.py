@@ -62,7 +62,13 @@ ADAPTERS = Registry(
 )
 
 #: training tasks: name -> builder(run_config, model, params) -> Task
-TASKS = Registry("task", {"autoencoder": "unitok.engine.builders:build_autoencoder_task"})
+TASKS = Registry(
+    "task",
+    {
+        "autoencoder": "unitok.engine.builders:build_autoencoder_task",
+        "vtp": "unitok.modalities.image.builders:build_vtp_task",
+    },
+)
 #: training data sets: name -> builder(params, split) -> (dataset, collate_fn)
 DATASETS = Registry("dataset", {"toy_shapes": "unitok.modalities.image.builders:build_toy_dataset"})
 

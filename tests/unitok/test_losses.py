@@ -156,6 +156,7 @@ def test_composer_weights_groups_and_ramps():
     assert comp.weight("rec_lpips", 100) == pytest.approx(0.1)
     assert not comp.active("ibot") and not comp.active("rec", step=3) and comp.active("rec", step=10)
     assert not comp.active("unknown")
+    assert comp.any_active("rec") and not comp.any_active("ibot") and not comp.any_active("siglip")
     with pytest.raises(KeyError, match="no weight"):
         comp({"mystery_loss": torch.tensor(1.0)}, step=0)
     with pytest.raises(ValueError, match="no active"):

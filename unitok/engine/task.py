@@ -39,6 +39,9 @@ class Task(nn.Module):
         """One micro-batch -> (scalar loss to back-propagate, report of named scalars)."""
         raise NotImplementedError
 
+    def before_optimizer_step(self, step: int) -> None:
+        """Called after back-propagation and clipping, before the optimiser step (e.g. freeze some gradients)."""
+
     def after_step(self, step: int) -> None:
         """Called after every optimiser step (EMA teachers, logit-scale clamps, ...)."""
 

@@ -166,11 +166,19 @@ class Trainer:
                 "ema": ema, "rng": rng_state()}  # fmt: skip
 
     def load_state_dict(self, ckpt: dict[str, Any], restore_data_and_rng: bool = True) -> None:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
 
         opts = StateDictOptions(full_state_dict=True)
-        set_state_dict(self._trainable_root(), self.optimizer, model_state_dict=ckpt["trainable"],
-                       optim_state_dict=ckpt["optimizer"], options=opts)  # fmt: skip
+        root = self._trainable_root()
+        set_model_state_dict(root, ckpt["trainable"], options=opts)
+        # not strict: a parameter that never had a gradient yet (e.g. frozen prototypes) has no optimiser state
+        set_optimizer_state_dict(
+            root, self.optimizer, ckpt["optimizer"], options=StateDictOptions(full_state_dict=True, strict=False)
+        )
         self.task.load_state_dict(ckpt["task_rest"], strict=False)
         if self.ema is not None and ckpt.get("ema") is not None:
             set_model_state_dict(self.ema.module, ckpt["ema"], options=opts)
@@ -244,6 +252,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             return self._on_nonfinite(report)
         self._consecutive_nonfinite = 0
+        self.task.before_optimizer_step(step)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.task.after_step(step)
@@ -271,9 +280,13 @@ class Trainer:
         self.logger.log(self.state.step, {"event": event, **report})
         return {**report, "skipped": 1.0}
 
-    def fit(self) -> dict[str, float]:
-        """Train to ``cfg.steps`` (resuming if the run directory has a checkpoint); returns the last report."""
+    def fit(self, until: int | None = None) -> dict[str, float]:
+        """Train to ``cfg.steps`` (or stop after step ``until``), resuming from the run directory's checkpoint.
+
+        Stopping early keeps every schedule of the full run, so a later ``fit()`` continues the same run.
+        """
         self.maybe_resume()
+        last = self.cfg.steps if until is None else min(until, self.cfg.steps)
         batches = self._batches()
         bar = None
         if self.cfg.progress and self.info.is_main:
@@ -281,7 +294,7 @@ class Trainer:
 
             bar = tqdm(total=self.cfg.steps, initial=self.state.step, desc="train", dynamic_ncols=True)
         report: dict[str, float] = {}
-        while self.state.step < self.cfg.steps:
+        while self.state.step < last:
             before = self.state.step
             report = self.train_step(batches)
             if bar is not None and self.state.step > before:
@@ -291,9 +304,7 @@ class Trainer:
                 self.state.step % self.cfg.log_every == 0 or self.state.step == self.cfg.steps
             ):
                 self.logger.log(self.state.step, report, echo=bar is None)
-            if self.state.step > before and (
-                self.state.step % self.cfg.ckpt_every == 0 or self.state.step == self.cfg.steps
-            ):
+            if self.state.step > before and (self.state.step % self.cfg.ckpt_every == 0 or self.state.step == last):
                 self.save()
         if bar is not None:
             bar.close()

@@ -86,6 +86,11 @@ class LossComposer:
             return False
         return step is None or self.weight(term, step) > 0
 
+    def any_active(self, prefix: str) -> bool:
+        """Whether any configured term named ``prefix`` or ``prefix_*`` has a non-zero weight (e.g. 'rec')."""
+        names = [n for n in self.cfg.terms if n == prefix or n.startswith(prefix + "_")]
+        return any(self.base_weight(n) != 0 for n in names) or self.active(prefix)
+
     def __call__(self, terms: Mapping[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         """Weighted sum of the ``*_loss`` terms (fp32) and a report of every value (unweighted) and weight."""
         total = None
