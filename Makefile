@@ -7,7 +7,7 @@ CKPT ?= ../shared/parity/vtp_small_default
 OUT ?= outputs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo demo-pretrain test lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ install: $(STAMP)
 
 demo: install
 	$(VENV)/bin/unitok-demo --ckpt $(CKPT) --out $(OUT)
+
+demo-pretrain: install
+	$(VENV)/bin/unitok-demo-pretrain --out outputs/pretrain
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

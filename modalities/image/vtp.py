@@ -212,6 +212,14 @@ class VTPModel(nn.Module):
             x = x[0]
         return F.normalize(x, dim=-1) if normalize else x
 
+    def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """open_clip-style alias of :meth:`get_clip_image_feature` (for open_clip's zero-shot tools)."""
+        return self.get_clip_image_feature(image, normalize=normalize)
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """open_clip-style alias of :meth:`get_clip_text_feature`."""
+        return self.get_clip_text_feature(text, normalize=normalize)
+
     def get_clip_logits(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits_per_image (Bi, Bt), logits_per_text (Bt, Bi))."""
         img = self.get_clip_image_feature(image, normalize=True)

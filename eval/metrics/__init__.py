@@ -1,0 +1,1 @@
+"""Metrics used by the evaluation suites (and by the pre-training demo)."""
