@@ -47,11 +47,16 @@ class ShapeSpec:
     texture: str
     background: str
 
-    def caption(self) -> str:
-        texture = "" if self.texture == "solid" else f" {self.texture}"
-        return (
-            f"a {self.size} {self.color}{texture} {self.shape} at the {self.position} on a {self.background} background"
-        )
+    def caption(self, omit: frozenset[str] | set[str] = frozenset()) -> str:
+        """The caption naming every attribute except those in ``omit`` (size, texture, position, background)."""
+        size = "" if "size" in omit else f" {self.size}"
+        texture = "" if self.texture == "solid" or "texture" in omit else f" {self.texture}"
+        text = f"a{size} {self.color}{texture} {self.shape}"
+        if "position" not in omit:
+            text += f" at the {self.position}"
+        if "background" not in omit:
+            text += f" on a {self.background} background"
+        return text
 
 
 def random_spec(rng: random.Random) -> ShapeSpec:
@@ -159,6 +164,7 @@ TEMPLATES = (
     "a picture of a {} on a plain background.",
     "a {}.",
 )
+CAPTION_NUISANCE = ("size", "texture", "position", "background")
 DEFAULT_NUM_SAMPLES = {"train": 10_000, "val": 1_200}
 # Continuous jitter on top of the named attributes (guess: small enough that "top left" stays top left and a
 # large shape at a corner loses at most ~2 px of its outline at 64 px).
@@ -196,6 +202,10 @@ class ToyShapes(Dataset):
         transform: "tensor" (default): the ImageNet-normalised (3, H, W) float32 tensor, made straight from the
             cached pixels; None: the PIL RGB image; a callable: applied to the PIL image, and a dict result
             (e.g. from :class:`~unitok.modalities.image.augment.MultiCropAugmentation`) is merged into the sample.
+        caption_dropout: probability of leaving each nuisance attribute (size, texture, position, background) out
+            of a caption; shape and colour are always named. GUESS for the demo: with every attribute named, a
+            small batch is told apart by background and position alone and the contrastive loss never needs
+            shape (a shortcut); dropping them makes the class attributes the discriminative ones.
         cache: keep rendered uint8 pixels in memory (size**2 * 3 bytes per image; 123 MB for 10k 64-px images).
             Call :meth:`precompute` before starting DataLoader workers to share one copy between them.
     """
@@ -210,6 +220,7 @@ class ToyShapes(Dataset):
         colors: Sequence[str] = DEFAULT_CLASS_COLORS,
         transform: Callable[[Image.Image], Any] | Literal["tensor"] | None = "tensor",
         cache: bool = True,
+        caption_dropout: float = 0.0,
     ):
         if split not in DEFAULT_NUM_SAMPLES:
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
@@ -233,6 +244,9 @@ class ToyShapes(Dataset):
         self._pixels: np.ndarray | None = None  # (num_samples, H, W, 3) uint8, filled lazily when cache=True
         self._filled: np.ndarray | None = None
         self.cache = cache
+        if not 0.0 <= caption_dropout <= 1.0:
+            raise ValueError(f"caption_dropout must be in [0, 1], got {caption_dropout}")
+        self.caption_dropout = caption_dropout
         self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
@@ -290,10 +304,19 @@ class ToyShapes(Dataset):
         x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float().div_(255.0)
         return (x - self._mean) / self._std
 
+    def _omitted(self) -> set[str]:
+        """Nuisance attributes left out of this caption (each with probability ``caption_dropout``).
+
+        Uses Python's global ``random``, which :class:`~unitok.engine.state.EpochSeeded` seeds per (epoch, index).
+        """
+        if self.caption_dropout <= 0:
+            return set()
+        return {a for a in CAPTION_NUISANCE if random.random() < self.caption_dropout}
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         s = self.sample(index)
         arr = self.pixels(index)
-        out: dict[str, Any] = {"text": s.spec.caption(), "label": s.label}
+        out: dict[str, Any] = {"text": s.spec.caption(self._omitted()), "label": s.label}
         if self.transform == "tensor":
             out["image"] = self.to_tensor(arr)
         elif self.transform is None:

@@ -105,3 +105,20 @@ def test_sample_images_still_works():
     images2, captions2 = sample_images(3, size=32, seed=1)
     assert images.shape == (3, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
     assert torch.equal(images, images2) and captions == captions2
+
+
+def test_caption_dropout_keeps_the_class_and_follows_the_epoch_seed():
+    from unitok.engine.state import EpochSeeded
+
+    full = ToyShapes("train", size=32, num_samples=8, caption_dropout=1.0)
+    spec = full.sample(3).spec
+    assert full[3]["text"] == f"a {spec.color} {spec.shape}"
+    seeded = EpochSeeded(ToyShapes("train", size=32, num_samples=64, caption_dropout=0.5), seed=1)
+    first = [seeded[i]["text"] for i in range(64)]
+    assert first == [seeded[i]["text"] for i in range(64)]  # the same (epoch, index) gives the same caption
+    seeded.set_epoch(1)
+    assert first != [seeded[i]["text"] for i in range(64)]
+    specs = [seeded.dataset.sample(i).spec for i in range(64)]
+    assert all(f"{s.color} " in t and s.shape in t for s, t in zip(specs, first, strict=True))
+    with pytest.raises(ValueError, match="caption_dropout"):
+        ToyShapes("train", caption_dropout=1.5)
