@@ -70,7 +70,13 @@ TASKS = Registry(
     },
 )
 #: training data sets: name -> builder(params, split) -> (dataset, collate_fn)
-DATASETS = Registry("dataset", {"toy_shapes": "unitok.modalities.image.builders:build_toy_dataset"})
+DATASETS = Registry(
+    "dataset",
+    {
+        "toy_shapes": "unitok.modalities.image.builders:build_toy_dataset",
+        "image_folder": "unitok.modalities.image.builders:build_image_folder_dataset",
+    },
+)
 
 
 def _register_presets() -> None:
