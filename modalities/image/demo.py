@@ -52,14 +52,9 @@ def latent_summary(latents: torch.Tensor) -> dict:
     }
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR of [0, 1] images on the 0-255 scale (float values, as the official tool)."""
-    mse = ((a - b) * 255).pow(2).flatten(1).mean(1)
-    return 20 * torch.log10(255 / mse.sqrt().clamp_min(1e-8))
-
-
 def run(args: argparse.Namespace) -> dict:
     import unitok
+    from unitok.eval.metrics.image import psnr
     from unitok.modalities.image.toy import sample_images
 
     start = time.perf_counter()

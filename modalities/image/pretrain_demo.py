@@ -35,11 +35,11 @@ def encode_split(model, dataset, batch_size: int = 100) -> dict[str, torch.Tenso
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         x = torch.stack([it["image"] for it in items])
-        last = model.get_last_layer_feature(x)
-        feats.append(torch.cat([last["cls_token"], last["patch_tokens"].mean(1)], dim=1))
+        tokens, enc = model.encode_features(x)  # one encoder pass serves all three uses
+        feats.append(torch.cat([enc.cls, enc.tokens.mean(1)], dim=1))
         if model.text is not None:
-            clip.append(model.get_clip_image_feature(x))
-        recon.append(model.adapter.denormalize(model.get_latents_decoded_images(model.get_reconstruction_latents(x))))
+            clip.append(model.clip_feature_from(enc))
+        recon.append(model.adapter.denormalize(model.decode_features(enc.tokens, tokens.meta["grid"])))
         images.append(model.adapter.denormalize(x))
         labels.append(torch.tensor([it["label"] for it in items]))
     out = {"features": torch.cat(feats), "recon": torch.cat(recon), "images": torch.cat(images),

@@ -136,9 +136,30 @@ class VTPModel(nn.Module):
         """Image -> Tokens already through the (conv) patch embedding."""
         return self.adapter.embed(image, self.autoencoder.patch_embed)
 
-    def _encode(self, image: torch.Tensor):
+    def encode_features(self, image: torch.Tensor, token_mask: torch.Tensor | None = None):
+        """One encoder pass: image -> (Tokens, EncoderOutput) with final-normed, un-bottlenecked features.
+
+        ``token_mask`` (B, N) replaces masked patches by the mask token (iBOT). The CLIP feature and the
+        reconstruction can both be derived from this one pass (:meth:`clip_feature_from`, :meth:`decode_features`).
+        """
         tokens = self._tokens(image)
-        return tokens, self.autoencoder.encode_features(tokens, pre_embedded=True)
+        return tokens, self.autoencoder.encode_features(tokens, token_mask=token_mask, pre_embedded=True)
+
+    def clip_feature_from(self, feats, normalize: bool = True) -> torch.Tensor:
+        """(B, E) CLIP image embedding from an encoder pass (CLS or mean patch token, bottlenecked unless AE-only)."""
+        self._require("clip")
+        bottleneck = (lambda x: x) if self.config.vision_bottleneck_ae_only else self.autoencoder.apply_bottleneck
+        if self.config.vision_clip_feat == "cls":
+            x = bottleneck(feats.cls)
+        else:
+            x = bottleneck(feats.tokens).mean(dim=1)
+        x = self.visual_proj(x)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def decode_features(self, patch_tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """(B, N, D) final-normed patch tokens of an encoder pass -> bottleneck -> pixel decoder -> images."""
+        latents = self.adapter.tokens_to_grid(self.autoencoder.apply_bottleneck(patch_tokens), grid)
+        return self.get_latents_decoded_images(latents)
 
     def _require(self, part: str) -> None:
         if part == "clip" and self.text is None:
@@ -155,7 +176,7 @@ class VTPModel(nn.Module):
     # ------------------------------------------------------------------------------------------ features
     def get_last_layer_feature(self, image: torch.Tensor, use_bottleneck: bool = False) -> dict[str, torch.Tensor]:
         """{'cls_token': (B, D) or (B, L), 'patch_tokens': (B, N, D) or (B, N, L)} after the final norm."""
-        _, feats = self._encode(image)
+        _, feats = self.encode_features(image)
         cls, patches = feats.cls, feats.tokens
         if use_bottleneck:
             cls, patches = self.autoencoder.apply_bottleneck(cls), self.autoencoder.apply_bottleneck(patches)
@@ -188,13 +209,7 @@ class VTPModel(nn.Module):
     def get_clip_image_feature(self, image: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """(B, E) projected image embedding (CLS or mean of patch tokens, bottlenecked unless AE-only)."""
         self._require("clip")
-        feats = self.get_last_layer_feature(image, use_bottleneck=not self.config.vision_bottleneck_ae_only)
-        if self.config.vision_clip_feat == "cls":
-            x = feats["cls_token"]
-        else:
-            x = feats["patch_tokens"].mean(dim=1)
-        x = self.visual_proj(x)
-        return F.normalize(x, dim=-1) if normalize else x
+        return self.clip_feature_from(self.encode_features(image)[1], normalize)
 
     def get_clip_text_feature(self, text: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """(B, T) token ids -> (B, E) text embedding. T must equal ``text_context_length``."""
@@ -232,7 +247,7 @@ class VTPModel(nn.Module):
     # ------------------------------------------------------------------------------------------ reconstruction
     def get_reconstruction_latents(self, image: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised images -> (B, L, h, w) latents (no scaling or shift)."""
-        tokens, feats = self._encode(image)
+        tokens, feats = self.encode_features(image)
         return self.adapter.tokens_to_grid(self.autoencoder.apply_bottleneck(feats.tokens), tokens.meta["grid"])
 
     def get_latents_decoded_images(self, latents: torch.Tensor) -> torch.Tensor:

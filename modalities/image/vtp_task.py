@@ -84,34 +84,25 @@ class VTPStudent(nn.Module):
         self.model = model
         self.head = head
 
-    def _features(self, images: torch.Tensor, token_mask: torch.Tensor | None = None):
-        m = self.model
-        tokens = m.adapter.embed(images, m.autoencoder.patch_embed)
-        return tokens, m.autoencoder.encode_features(tokens, token_mask=token_mask, pre_embedded=True)
-
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         m, out = self.model, {}
         if "clip_images" in inputs:
-            tokens, feats = self._features(inputs["clip_images"])
-            clip_in = feats.cls if m.config.vision_clip_feat == "cls" else feats.tokens.mean(1)
-            if not m.config.vision_bottleneck_ae_only:
-                clip_in = m.autoencoder.apply_bottleneck(clip_in)
-            out["image_features"] = nn.functional.normalize(m.visual_proj(clip_in), dim=-1)
+            tokens, feats = m.encode_features(inputs["clip_images"])
+            out["image_features"] = m.clip_feature_from(feats)
             out["text_features"] = m.get_clip_text_feature(inputs["text"])
             if "rec_index" in inputs:
-                rec_tokens = feats.tokens[inputs["rec_index"]]
-                out["recon"] = self._decode(rec_tokens, tokens.meta["grid"])
+                out["recon"] = m.decode_features(feats.tokens[inputs["rec_index"]], tokens.meta["grid"])
         if "rec_images" in inputs:
-            tokens, feats = self._features(inputs["rec_images"])
-            out["recon"] = self._decode(feats.tokens, tokens.meta["grid"])
+            tokens, feats = m.encode_features(inputs["rec_images"])
+            out["recon"] = m.decode_features(feats.tokens, tokens.meta["grid"])
         if "ssl_global" in inputs:
-            _, g = self._features(inputs["ssl_global"], inputs.get("ibot_masks"))
+            _, g = m.encode_features(inputs["ssl_global"], inputs.get("ibot_masks"))
             out["global_cls"] = g.cls
             rows = [g.cls]
             if "ibot_masks" in inputs:
                 rows.append(g.tokens[inputs["ibot_masks"]])
             if "ssl_local" in inputs:
-                _, loc = self._features(inputs["ssl_local"])
+                _, loc = m.encode_features(inputs["ssl_local"])
                 rows.append(loc.cls)
             logits = self.head(torch.cat(rows))  # one head pass over CLS, masked patches and local CLS
             sizes = [r.shape[0] for r in rows]
@@ -122,11 +113,6 @@ class VTPStudent(nn.Module):
             if "ssl_local" in inputs:
                 out["local_logits"] = parts.pop(0)
         return out
-
-    def _decode(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        m = self.model
-        latents = m.adapter.grid_tokens(m.adapter.tokens_to_grid(m.autoencoder.apply_bottleneck(tokens), grid))
-        return m.adapter.unpatchify(m.autoencoder.decode(latents))
 
 
 class VTPTask(Task):
@@ -223,7 +209,7 @@ class VTPTask(Task):
             step, self.cfg.teacher_temp_warmup_steps, self.cfg.teacher_temp_warmup_start, self.cfg.teacher_temp
         )
         with torch.no_grad():
-            _, feats = self.teacher._features(inputs["ssl_global"])
+            _, feats = self.teacher.model.encode_features(inputs["ssl_global"])
             rows = [feats.cls]
             if "ibot_masks" in inputs:
                 rows.append(feats.tokens[inputs["ibot_masks"]])
