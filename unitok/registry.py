@@ -75,6 +75,7 @@ DATASETS = Registry(
     {
         "toy_shapes": "unitok.modalities.image.builders:build_toy_dataset",
         "image_folder": "unitok.modalities.image.builders:build_image_folder_dataset",
+        "webdataset": "unitok.modalities.image.builders:build_webdataset_dataset",
     },
 )
 

@@ -26,27 +26,59 @@ def build_toy_dataset(params: dict[str, Any], split: str = "train"):
     return ToyShapes(split=split, transform=augment, **params), collate_multicrop
 
 
+def _train_views(size: int, multicrop: dict[str, Any] | None, split: str):
+    """(transform, collate) of the image data sets: DINOv2 multi-crop for training, else the clean view."""
+    from unitok.modalities.image.augment import MultiCropAugmentation, collate_multicrop, reconstruction_transform
+    from unitok.modalities.image.data import collate_image_text
+
+    if multicrop is not None and split == "train":
+        return MultiCropAugmentation(**{"global_size": size, "image_size": size, **multicrop}), collate_multicrop
+    return reconstruction_transform(size), collate_image_text
+
+
+def _checked(name: str, params: dict[str, Any], allowed: set[str], required: str, what: str) -> dict[str, Any]:
+    """``params`` without null values (null = unset, so a recipe's other data source can be switched off)."""
+    params = {k: v for k, v in params.items() if v is not None}
+    unknown = set(params) - allowed
+    if unknown:
+        raise ValueError(f"unknown data.params for {name}: {sorted(unknown)} (known: {sorted(allowed)})")
+    if required not in params:
+        raise ValueError(f"data.params.{required} ({what}) is required for {name}")
+    return params
+
+
 def build_image_folder_dataset(params: dict[str, Any], split: str = "train"):
     """A folder of images with ``.txt`` captions (:class:`~unitok.modalities.image.data.ImageCaptionFolder`).
 
     ``params``: ``root`` (required), ``size`` (clean view side, default 256), ``multicrop`` (DINOv2 crops, as
-    for ``toy_shapes``), ``labels`` (first-level subfolders as classes), ``require_caption``.
+    for ``toy_shapes``), ``labels`` (first-level subfolders as classes), ``require_caption``; null values are unset.
     """
-    from unitok.modalities.image.augment import MultiCropAugmentation, collate_multicrop, reconstruction_transform
-    from unitok.modalities.image.data import ImageCaptionFolder, collate_image_text
+    from unitok.modalities.image.data import ImageCaptionFolder
 
-    params = dict(params)
-    unknown = set(params) - {"root", "size", "multicrop", "labels", "require_caption", "extensions"}
-    if unknown:
-        raise ValueError(f"unknown data.params for image_folder: {sorted(unknown)}")
-    if "root" not in params:
-        raise ValueError("data.params.root (a folder of images with .txt captions) is required for image_folder")
-    size = params.pop("size", 256)
-    multicrop = params.pop("multicrop", None)
-    if multicrop is not None and split == "train":
-        augment = MultiCropAugmentation(**{"global_size": size, "image_size": size, **multicrop})
-        return ImageCaptionFolder(transform=augment, **params), collate_multicrop
-    return ImageCaptionFolder(transform=reconstruction_transform(size), **params), collate_image_text
+    allowed = {"root", "size", "multicrop", "labels", "require_caption", "extensions"}
+    params = _checked("image_folder", params, allowed, "root", "a folder of images with .txt captions")
+    transform, collate = _train_views(params.pop("size", 256), params.pop("multicrop", None), split)
+    return ImageCaptionFolder(transform=transform, **params), collate
+
+
+def build_webdataset_dataset(params: dict[str, Any], split: str = "train"):
+    """img2dataset / DataComp / LAION webdataset shards (:class:`~unitok.modalities.image.data.WebDatasetShards`).
+
+    A streaming data set: the trainer reads it through :mod:`unitok.engine.stream` (exact resume, disjoint shards
+    per rank and worker, per-consumer epochs; the data order follows ``train.seed``).
+
+    ``params``: ``shards`` (required: brace pattern ``/data/{00000..01023}.tar``, glob, directory or list),
+    ``size`` (clean view side, default 256), ``multicrop`` (DINOv2 crops, as for ``image_folder``),
+    ``shuffle_buffer`` (sample groups mixed within a worker, default 5000 as open_clip), ``shuffle_shards``,
+    ``require_caption``; null values are unset.
+    """
+    from unitok.modalities.image.data import WebDatasetShards
+
+    allowed = {"shards", "size", "multicrop", "shuffle_buffer", "shuffle_shards", "require_caption"}
+    params = _checked("webdataset", params, allowed, "shards", "tar shards: a brace pattern, glob, directory or list")
+    transform, collate = _train_views(params.pop("size", 256), params.pop("multicrop", None), split)
+    params.setdefault("shuffle_buffer", 5000)
+    return WebDatasetShards(transform=transform, **params), collate
 
 
 def build_vtp_task(cfg, model, params: dict[str, Any]):

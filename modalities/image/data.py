@@ -11,27 +11,30 @@ Batch legend (:func:`collate_image_text`):
 
 from __future__ import annotations
 
-import glob
 import io
 import json
 import logging
 import os
 import random
-import re
-import tarfile
-import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from unitok.modalities.image.shards import (  # noqa: F401  (shard lists are part of this module's API)
+    SHARD_ERRORS,
+    Group,
+    ShuffleBuffer,
+    expand_braces,
+    read_groups,
+    resolve_shards,
+)
+
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-# Errors a damaged, truncated or unreadable tar shard raises while being streamed.
-SHARD_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error)
 
 Transform = Callable[[Image.Image], Any]
 
@@ -65,123 +68,45 @@ def _apply_transform(sample: dict[str, Any], image: Image.Image, transform: Tran
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Shard lists
-
-
-_BRACE = re.compile(r"\{([^{}]*)\}")
-_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
-
-
-def expand_braces(pattern: str) -> list[str]:
-    """Shell-style brace expansion: ``a-{000..002}.tar`` -> three names (zero padding kept), ``{x,y}`` -> two.
-
-    Several groups expand as a product, left to right; a group that is neither a range nor a comma list is kept.
-    """
-    m = _BRACE.search(pattern)
-    if m is None:
-        return [pattern]
-    head, body, tail = pattern[: m.start()], m.group(1), pattern[m.end() :]
-    rng = _RANGE.match(body)
-    if rng:
-        a, b = rng.group(1), rng.group(2)
-        padded = any(len(s.lstrip("-")) > 1 and s.lstrip("-").startswith("0") for s in (a, b))
-        width = max(len(a), len(b)) if padded else 0
-        lo, hi = int(a), int(b)
-        step = 1 if hi >= lo else -1
-        options = [str(i).zfill(width) for i in range(lo, hi + step, step)]
-    elif "," in body:
-        options = body.split(",")
-    else:
-        return [head + "{" + body + "}" + rest for rest in expand_braces(tail)]
-    return [head + opt + rest for opt in options for rest in expand_braces(tail)]
-
-
-def resolve_shards(shards: str | os.PathLike | Sequence[str | os.PathLike], check_exists: bool = True) -> list[str]:
-    """Shard paths from a list, a glob, brace notation, or several of them joined by ``::``.
-
-    Raises:
-        ValueError: when nothing matches.
-        FileNotFoundError: for named shards that do not exist (with ``check_exists``).
-    """
-    items = [shards] if isinstance(shards, str | os.PathLike) else list(shards)
-    paths: list[str] = []
-    for item in items:
-        for part in str(os.fspath(item)).split("::"):
-            for name in expand_braces(part):
-                if glob.has_magic(name):
-                    matched = sorted(glob.glob(name))
-                    if not matched:
-                        raise ValueError(f"shard pattern {name!r} matches no file")
-                    paths.extend(matched)
-                else:
-                    paths.append(name)
-    if not paths:
-        raise ValueError(f"no shards given ({shards!r})")
-    if check_exists:
-        missing = [p for p in paths if not os.path.isfile(p)]
-        if missing:
-            raise FileNotFoundError(f"{len(missing)} of {len(paths)} shards do not exist, e.g. {missing[:3]}")
-    return paths
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Webdataset tar shards
-
-
-def _split_member_name(name: str) -> tuple[str, str]:
-    """``dir/000123.jpg`` -> (``dir/000123``, ``jpg``): the key ends at the first dot of the base name."""
-    folder, base = os.path.split(name)
-    key, _, ext = base.partition(".")
-    return (f"{folder}/{key}" if folder else key), ext.lower()
-
-
-class _BrokenMember(Exception):
-    """A member whose data could not be read; carries the key so its sample is counted as truncated."""
-
-    def __init__(self, key: str, cause: BaseException):
-        super().__init__(str(cause))
-        self.key = key
-
-
-def _read_members(path: str) -> Iterator[tuple[str, str, bytes]]:
-    """(key, ext, data) of every regular member, streamed. Raises ``_BrokenMember`` or a ``SHARD_ERRORS``."""
-    with tarfile.open(path, mode="r|*") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, ext = _split_member_name(member.name)
-            try:
-                data = tar.extractfile(member).read()
-            except SHARD_ERRORS as e:
-                raise _BrokenMember(key, e) from e
-            yield key, ext, data
 
 
 class WebDatasetShards(IterableDataset):
     """Image-text samples from webdataset tar shards (``<key>.jpg|png|webp`` + ``<key>.txt`` + ``<key>.json``).
 
-    Reads with the standard ``tarfile`` module in streaming mode. Shards are split by shard between consumers:
-    the (rank, DataLoader worker) pair ``c = rank * num_workers + worker_id`` of ``world_size * num_workers`` reads
-    shards ``c, c + n, c + 2n, ...`` of the epoch's shard order, so consumers read disjoint shards and together
-    read all of them once per epoch. The order is a shuffle seeded by ``(seed, epoch)``, identical on all ranks.
-    Fewer shards than consumers leaves some consumers without data (a warning says so), and ranks may receive
-    different numbers of samples: for DDP prefer step-based training with ``repeat=True``.
+    Reads with the standard ``tarfile`` module in streaming mode. Shards are split between *consumers*: consumer
+    ``c = rank * num_workers + worker_id`` of ``n = world_size * num_workers`` reads shards ``c, c + n, ...`` of the
+    epoch's shard order (a shuffle seeded by ``(seed, epoch)``, the same on all ranks), so consumers read disjoint
+    shards and together read all of them once per epoch. An optional buffer shuffle, seeded by ``(seed, epoch,
+    consumer)``, mixes a consumer's raw sample groups (bytes) before they are decoded.
+
+    Two ways to read:
+
+    - ``iter(ds)`` / :meth:`iterate`: one epoch (endless epochs with ``repeat``). Fewer shards than consumers
+      leaves some consumers without data (a warning says so).
+    - :meth:`stream`, what the trainer uses (:mod:`unitok.engine.stream`): one consumer's endless samples with a
+      position that resumes exactly. Epochs are per consumer: after its shards of epoch ``e`` a consumer goes on
+      with its shards of epoch ``e + 1`` (training is step-based; consumers never run dry, each needs a shard).
+      The position is (epoch, groups read, sizes of the shards read, shuffle-buffer content, RNG state): resuming
+      opens no shard wholly before it and decodes nothing that was consumed.
 
     Skipped samples (undecodable image, missing image or caption, cut off by a truncated shard) and unreadable
-    shards are counted in ``stats``; every shard logs one line with its counts. The counters live in the process
-    that iterates (a DataLoader worker has its own copy); the log lines are the cross-process record.
+    shards are counted in ``stats``; every shard logs one line with its counts once all its samples are handled.
+    The counters live in the process that iterates (a DataLoader worker has its own copy); the log lines are the
+    cross-process record.
 
     Each sample: ``{"image", "text", "json" (dict or None), "key", "url"}``.
 
     Args:
-        shards: list of paths, a glob, brace notation (``/data/shard-{00000..00012}.tar``), or ``::``-joined.
+        shards: list of paths, a glob, brace notation (``/data/shard-{00000..00012}.tar``), a directory (its
+            ``*.tar``), or ``::``-joined.
         transform: applied to the PIL RGB image; a dict result is merged into the sample.
-        seed: seed of the shard-order and sample shuffles.
+        seed: seed of the shard-order and sample shuffles (:meth:`stream` takes its own).
         shuffle_shards: shuffle the shard order every epoch (else the given order).
-        shuffle_buffer: size of a buffer shuffle over samples within a consumer (0: stream order).
-        repeat: iterate epochs forever (epoch, epoch + 1, ...) instead of one epoch per ``iter``.
+        shuffle_buffer: size of a buffer shuffle over sample groups within a consumer (0: stream order).
+        repeat: ``iter`` goes through epochs forever (epoch, epoch + 1, ...) instead of one.
         require_caption: skip samples without ``.txt``; else their caption is "".
-        rank, world_size: override torch.distributed (default: the initialised process group, else 0 / 1).
+        rank, world_size: override torch.distributed for ``iter`` (default: the process group, else 0 / 1).
         check_exists: fail at construction when a named shard does not exist.
     """
 
@@ -218,19 +143,24 @@ class WebDatasetShards(IterableDataset):
         """Select the shard order of ``epoch`` (call before each epoch, as with ``DistributedSampler``)."""
         self.epoch = epoch
 
-    def shard_order(self, epoch: int) -> list[str]:
+    def shard_order(self, epoch: int, seed: int | None = None) -> list[str]:
         """All shards in the order of ``epoch`` (the same on every rank and worker)."""
         order = list(self.shards)
         if self.shuffle_shards:
-            random.Random(f"unitok-shards/{self.seed}/{epoch}").shuffle(order)
+            random.Random(f"unitok-shards/{self.seed if seed is None else seed}/{epoch}").shuffle(order)
         return order
+
+    def consumer_shards(self, epoch: int, consumer: int, num_consumers: int, seed: int | None = None) -> list[str]:
+        """The shards that consumer ``consumer`` of ``num_consumers`` reads in ``epoch``."""
+        if not 0 <= consumer < num_consumers:
+            raise ValueError(f"bad consumer {consumer} of {num_consumers}")
+        return self.shard_order(epoch, seed)[consumer::num_consumers]
 
     def shards_for(self, epoch: int, rank: int, world_size: int, worker_id: int = 0, num_workers: int = 1) -> list[str]:
         """The shards that one (rank, worker) consumer reads in ``epoch``."""
         if not (0 <= rank < world_size and 0 <= worker_id < num_workers):
             raise ValueError(f"bad consumer rank {rank}/{world_size}, worker {worker_id}/{num_workers}")
-        consumers = world_size * num_workers
-        return self.shard_order(epoch)[rank * num_workers + worker_id :: consumers]
+        return self.consumer_shards(epoch, rank * num_workers + worker_id, world_size * num_workers)
 
     def _consumer(self) -> tuple[int, int, int, int]:
         rank, world_size = self.rank, self.world_size
@@ -251,88 +181,105 @@ class WebDatasetShards(IterableDataset):
         self, rank: int = 0, world_size: int = 1, worker_id: int = 0, num_workers: int = 1
     ) -> Iterator[dict[str, Any]]:
         """The samples of one consumer from ``self.epoch`` on; ``iter(self)`` calls this with the real values."""
+        consumer, num_consumers = rank * num_workers + worker_id, world_size * num_workers
         epoch = self.epoch
         while True:
-            shards = self.shards_for(epoch, rank, world_size, worker_id, num_workers)
-            if not shards:
+            if not self.shards_for(epoch, rank, world_size, worker_id, num_workers):
                 logger.warning(
                     "rank %d worker %d gets no shard: %d shards for %d consumers",
-                    rank, worker_id, len(self.shards), world_size * num_workers,
+                    rank, worker_id, len(self.shards), num_consumers,
                 )  # fmt: skip
                 return
-            samples = (s for url in shards for s in self.iter_shard(url))
-            if self.shuffle_buffer > 1:
-                rng = random.Random(f"unitok-samples/{self.seed}/{epoch}/{rank}/{worker_id}")
-                samples = _buffer_shuffle(samples, self.shuffle_buffer, rng)
-            yield from samples
+            yield from self._epoch(epoch, consumer, num_consumers, self.seed, _Cursor())
             if not self.repeat:
                 return
             epoch += 1
 
-    def iter_shard(self, url: str) -> Iterator[dict[str, Any]]:
-        """The valid samples of one shard; skips and shard errors are counted and logged, never raised."""
-        counts = dict.fromkeys(self.stats, 0)
-        key, group, error, broken = None, {}, None, None
-        members = _read_members(url)
-        while True:  # only the tar reading is guarded: errors of a transform propagate
-            try:
-                member_key, ext, data = next(members)
-            except StopIteration:
-                break
-            except _BrokenMember as e:  # the member being read was cut off: its sample is lost
-                error, broken = e, e.key
-                break
-            except SHARD_ERRORS as e:  # unreadable shard, or truncation between two members
-                error = e
-                break
-            if member_key != key:
-                yield from self._finish(key, group, url, counts)
-                key, group = member_key, {}
-            group[ext] = data
-        if broken is not None:
-            if broken != key:
-                yield from self._finish(key, group, url, counts)
-                key, group = broken, {}
-            counts["skipped"] += 1
-            counts["skipped_truncated"] += 1
-        else:
-            yield from self._finish(key, group, url, counts, truncated=error is not None)
-        counts["shards"] = 1
-        counts["shard_errors"] = int(error is not None)
-        for k, v in counts.items():
-            self.stats[k] += v
-        reasons = ", ".join(f"{k[8:]} {v}" for k, v in counts.items() if k.startswith("skipped_") and v)
-        msg = f"shard {url}: {counts['samples']} samples, {counts['skipped']} skipped"
-        msg += f" ({reasons})" if reasons else ""
-        if error is not None:
-            logger.warning("%s; shard unreadable or truncated: %s", msg, error)
-        else:
-            logger.log(logging.WARNING if counts["skipped"] else logging.INFO, msg)
+    def stream(self, consumer: int, num_consumers: int, seed: int, state: dict[str, Any] | None = None) -> ShardStream:
+        """Endless samples of one consumer from a saved position (:class:`ShardStream`; the trainer's protocol)."""
+        if len(self.shards) < num_consumers:
+            raise ValueError(
+                f"{len(self.shards)} shards for {num_consumers} data consumers (ranks x DataLoader workers): every "
+                "consumer needs at least one shard; use more shards or fewer train.num_workers"
+            )
+        return ShardStream(self, consumer, num_consumers, seed, state)
 
-    def _finish(
-        self, key: str | None, group: dict[str, bytes], url: str, counts: dict[str, int], truncated: bool = False
-    ) -> Iterator[dict[str, Any]]:
-        """Turn one complete member group into a sample (zero or one yielded), counting a skip otherwise."""
-        if key is None or not group:
-            return
+    def _epoch(self, epoch: int, consumer: int, num_consumers: int, seed: int, cursor: _Cursor,
+               resume: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:  # fmt: skip
+        """One consumer's samples of one epoch, from the start or from a saved position; ``cursor`` tracks it."""
+        shards = self.consumer_shards(epoch, consumer, num_consumers, seed)
+        buffer = ShuffleBuffer(self.shuffle_buffer, random.Random(f"unitok-samples/{seed}/{epoch}/{consumer}"))
+        cursor.epoch, cursor.buffer, cursor.sizes, cursor.next_id = epoch, buffer, [], 0
+        refill: dict[int, int] = {}  # resuming: group id -> buffer slot it goes back to
+        first_shard = first_id = 0
+        if resume is not None:
+            version, internal, gauss = resume["rng"]
+            buffer.rng.setstate((version, tuple(internal), gauss))
+            buffer.draining = bool(resume["draining"])
+            buffer.items = [None] * len(resume["buffer"])
+            refill = {int(gid): slot for slot, gid in enumerate(resume["buffer"])}
+            cursor.next_id = int(resume["next_id"])
+            first = min([*refill, cursor.next_id])
+            for size in resume["sizes"]:  # skip the shards wholly before the position without opening them
+                if first_id + size > first:
+                    break
+                first_shard, first_id = first_shard + 1, first_id + size
+            cursor.sizes = [int(s) for s in resume["sizes"][:first_shard]]
+        tally = _ShardTally(self.stats)
+        for gid, item in self._numbered_groups(shards, first_shard, first_id, cursor.sizes, tally):
+            if gid < cursor.next_id:  # resuming: refill the buffer, drop what was consumed (no decoding)
+                slot = refill.pop(gid, None)
+                if slot is None:
+                    tally.handled(item[0], False)
+                else:
+                    buffer.items[slot] = (gid, item)
+                continue
+            cursor.next_id = gid + 1
+            out = buffer.push((gid, item))
+            if out is not None and (sample := self._sample(out[1], tally)) is not None:
+                yield sample
+        if refill:
+            raise RuntimeError(f"shards changed since the position was saved: groups {sorted(refill)[:5]} not found")
+        for out in buffer.drain():
+            if (sample := self._sample(out[1], tally)) is not None:
+                yield sample
+
+    def _numbered_groups(self, shards: list[str], first_shard: int, first_id: int, sizes: list[int],
+                         tally: _ShardTally) -> Iterator[tuple[int, tuple[int, str, Group]]]:  # fmt: skip
+        """(group id, (shard index, url, group)) from ``shards[first_shard]`` on; appends each shard's size."""
+        gid = first_id
+        for k in range(first_shard, len(shards)):
+            report: dict[str, Any] = {}
+            n = 0
+            for group in read_groups(shards[k], report):
+                tally.read(k)
+                yield gid, (k, shards[k], group)
+                gid, n = gid + 1, n + 1
+            sizes.append(n)
+            tally.read_done(k, shards[k], report["error"])
+
+    def _sample(self, item: tuple[int, str, Group], tally: _ShardTally) -> dict[str, Any] | None:
+        """Decode one group into a sample, or count why it is skipped."""
+        k, url, (key, group, damage) = item
         reason = None
         image_ext = next((e for e in IMAGE_EXTENSIONS if e in group), None)
         caption = group.get("txt")
-        if image_ext is None:
+        if damage == "lost":
+            reason = "truncated"
+        elif image_ext is None:
             reason = "no_image"
         elif caption is None and self.require_caption:
             reason = "no_caption"
-        if reason is not None:  # the last group of a truncated shard may just have lost its other members
-            reason = "truncated" if truncated else reason
-        else:
+        if reason is not None and damage == "truncated":  # the last group may just have lost its other members
+            reason = "truncated"
+        elif reason is None:
             try:
                 image = decode_image(group[image_ext])
             except ImageDecodeError:
                 reason = "decode"
+        tally.handled(k, reason)
         if reason is not None:
-            counts["skipped"] += 1
-            counts[f"skipped_{reason}"] += 1
-            return
+            return None
         meta = None
         if "json" in group:
             try:
@@ -340,22 +287,101 @@ class WebDatasetShards(IterableDataset):
             except ValueError:  # metadata is optional: keep the sample
                 meta = None
         text = (caption or b"").decode("utf-8", errors="replace").strip()
-        counts["samples"] += 1
-        yield _apply_transform({"text": text, "json": meta, "key": key, "url": url}, image, self.transform)
+        return _apply_transform({"text": text, "json": meta, "key": key, "url": url}, image, self.transform)
 
 
-def _buffer_shuffle(samples: Iterable[Any], size: int, rng: random.Random) -> Iterator[Any]:
-    """Approximate shuffle with a buffer of ``size`` items (deterministic for a given ``rng``)."""
-    buffer: list[Any] = []
-    for s in samples:
-        if len(buffer) < size:
-            buffer.append(s)
-            continue
-        i = rng.randrange(size)
-        yield buffer[i]
-        buffer[i] = s
-    rng.shuffle(buffer)
-    yield from buffer
+class _Cursor:
+    """Live position of one consumer in an epoch (see :meth:`ShardStream.state_dict`)."""
+
+    def __init__(self):
+        self.epoch, self.next_id, self.sizes, self.buffer = 0, 0, [], None
+
+
+class ShardStream:
+    """One consumer's endless samples (epoch after epoch) and its position, :meth:`state_dict`."""
+
+    def __init__(self, ds: WebDatasetShards, consumer: int, num_consumers: int, seed: int,
+                 state: dict[str, Any] | None):  # fmt: skip
+        self.ds, self.consumer, self.num_consumers, self.seed = ds, consumer, num_consumers, seed
+        self.cursor, self._saved = _Cursor(), state
+        self._samples = self._run(state)
+
+    def __iter__(self) -> ShardStream:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        return next(self._samples)
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """The position after the last sample returned (what :meth:`WebDatasetShards.stream` takes back)."""
+        c = self.cursor
+        if c.buffer is None:
+            return self._saved
+        return {"epoch": c.epoch, "next_id": c.next_id, "sizes": list(c.sizes), "draining": c.buffer.draining,
+                "buffer": [gid for gid, _ in c.buffer.items], "rng": c.buffer.rng.getstate()}  # fmt: skip
+
+    def _run(self, state: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
+        epoch, resume = (int(state["epoch"]), state) if state is not None else (self.ds.epoch, None)
+        while True:
+            produced = 0
+            for sample in self.ds._epoch(epoch, self.consumer, self.num_consumers, self.seed, self.cursor, resume):
+                produced += 1
+                yield sample
+            if produced == 0 and resume is None:
+                shards = self.ds.consumer_shards(epoch, self.consumer, self.num_consumers, self.seed)
+                raise RuntimeError(f"data consumer {self.consumer}: no valid sample in its shards {shards} of epoch "
+                                   f"{epoch} (the log says why)")  # fmt: skip
+            epoch, resume = epoch + 1, None
+
+
+class _ShardTally:
+    """Per-shard counts of one consumer-epoch; logs a shard's line once all its groups are handled."""
+
+    def __init__(self, stats: dict[str, int]):
+        self.stats = stats
+        self.open: dict[int, dict[str, Any]] = {}
+
+    def _entry(self, k: int) -> dict[str, Any]:
+        return self.open.setdefault(k, {"pending": 0, "dropped": 0, "done": False, **dict.fromkeys(self.stats, 0)})
+
+    def read(self, k: int) -> None:
+        self._entry(k)["pending"] += 1
+
+    def handled(self, k: int, reason: str | None | bool) -> None:
+        """One group of shard ``k`` is done: a sample (None), a skip (its reason) or dropped on resume (False)."""
+        entry = self._entry(k)
+        entry["pending"] -= 1
+        if reason is None or reason is False:
+            keys = ["samples"] if reason is None else ["dropped"]
+        else:
+            keys = ["skipped", f"skipped_{reason}"]
+        for key in keys:
+            entry[key] += 1
+            if key in self.stats:
+                self.stats[key] += 1
+        self._maybe_log(k)
+
+    def read_done(self, k: int, url: str, error: BaseException | None) -> None:
+        entry = self._entry(k)
+        entry.update(done=True, url=url, error=error)
+        self.stats["shards"] += 1
+        self.stats["shard_errors"] += int(error is not None)
+        self._maybe_log(k)
+
+    def _maybe_log(self, k: int) -> None:
+        entry = self.open[k]
+        if not entry["done"] or entry["pending"]:
+            return
+        del self.open[k]
+        if entry["dropped"] and not entry["samples"] + entry["skipped"]:
+            return  # consumed before the resumed position: already logged by the earlier run
+        reasons = ", ".join(f"{n[8:]} {v}" for n, v in entry.items() if n.startswith("skipped_") and v)
+        msg = f"shard {entry['url']}: {entry['samples']} samples, {entry['skipped']} skipped"
+        msg += f" ({reasons})" if reasons else ""
+        if entry["error"] is not None:
+            logger.warning("%s; shard unreadable or truncated: %s", msg, entry["error"])
+        else:
+            logger.log(logging.WARNING if entry["skipped"] else logging.INFO, msg)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -8,6 +8,9 @@ and model-side random draws of an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
+import random
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -92,14 +95,18 @@ class EpochSeeded(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> Any:
-        import random
+        with seeded_rng((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(index)):
+            return self.dataset[index]
 
-        item_seed = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(index)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(item_seed % (2**63))
-            state = random.getstate()
-            random.seed(item_seed)
-            try:
-                return self.dataset[index]
-            finally:
-                random.setstate(state)
+
+@contextlib.contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """Run a block under torch's CPU RNG and Python's ``random`` seeded from ``seed``; restore both afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed % (2**63))
+        state = random.getstate()
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(state)

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from unitok.engine.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from unitok.engine.distributed import DistInfo, all_reduce_mean, wrap_trainable
 from unitok.engine.logging import MetricsLogger
 from unitok.engine.optim import OptimConfig, apply_schedules, build_adamw, cosine_schedule
 from unitok.engine.state import EpochSeeded, ResumableSampler, TrainState
+from unitok.engine.stream import StreamBatches
 from unitok.engine.task import Task
 
 
@@ -66,11 +67,12 @@ class TrainConfig:
 
 
 class Trainer:
-    """Runs a :class:`Task` on a map-style data set.
+    """Runs a :class:`Task` on a map-style or streaming data set.
 
     Args:
         task: the task (its ``trainable`` submodules are wrapped and optimised).
-        dataset: map-style data set of samples; ``collate_fn`` makes batches.
+        dataset: map-style data set of samples, or a streaming one (an ``IterableDataset`` implementing
+            :class:`~unitok.engine.stream.ResumableStream`); ``collate_fn`` makes batches.
         optim: optimiser and schedule configuration.
         cfg: loop configuration.
         run_dir: run directory (checkpoints/, metrics.jsonl); None disables checkpoints.
@@ -86,11 +88,16 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.ckpt_dir = self.run_dir / "checkpoints" if self.run_dir is not None else None
         self.state = TrainState()
-        self.dataset = EpochSeeded(dataset, seed=cfg.seed)
         self.collate_fn = collate_fn
-        self.sampler = ResumableSampler(
-            len(dataset), seed=cfg.seed, rank=self.info.rank, world_size=self.info.world_size
-        )
+        self.stream = None  # streaming data: position in the checkpoint's "data"; map-style: in TrainState
+        if isinstance(dataset, IterableDataset):
+            self.stream = StreamBatches(dataset, collate_fn, cfg.batch_size, cfg.num_workers, cfg.seed,
+                                        self.info.rank, self.info.world_size, self.device.type == "cuda")  # fmt: skip
+        else:
+            self.dataset = EpochSeeded(dataset, seed=cfg.seed)
+            self.sampler = ResumableSampler(
+                len(dataset), seed=cfg.seed, rank=self.info.rank, world_size=self.info.world_size
+            )
         self.ema = None
         if cfg.ema_decay > 0:  # copied before wrapping; sharded like the model under FSDP
             from timm.utils import ModelEmaV3
@@ -130,6 +137,9 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ data
     def _batches(self):
         """Batches forever, keeping ``state.epoch`` / ``state.batch_in_epoch`` equal to what was consumed."""
+        if self.stream is not None:
+            yield from self.stream
+            return
         while True:
             self.sampler.set_epoch(self.state.epoch, start=self.state.batch_in_epoch * self.cfg.batch_size)
             self.dataset.set_epoch(self.state.epoch)
@@ -163,7 +173,7 @@ class Trainer:
         rest = {k: v for k, v in self.task.state_dict().items() if k.split(".", 1)[0] not in trainable}
         ema = get_model_state_dict(self.ema.module, options=opts) if self.ema is not None else None
         return {"trainable": model_sd, "task_rest": rest, "optimizer": optim_sd, "state": self.state.state_dict(),
-                "ema": ema, "rng": rng_state()}  # fmt: skip
+                "ema": ema, "rng": rng_state(), "data": self.stream.state_dict() if self.stream else None}  # fmt: skip
 
     def load_state_dict(self, ckpt: dict[str, Any], restore_data_and_rng: bool = True) -> None:
         from torch.distributed.checkpoint.state_dict import (
@@ -187,6 +197,8 @@ class Trainer:
         if restore_data_and_rng:
             self.state = saved
             set_rng_state(ckpt["rng"])
+            if self.stream is not None:
+                self.stream.load_state_dict(ckpt.get("data"))
         else:  # a rollback keeps the data position and RNG moving forward, and counts itself
             self.state.step = saved.step
 
