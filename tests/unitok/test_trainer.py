@@ -21,15 +21,44 @@ QUICK = ["train.steps=16", "train.ckpt_every=2", "train.log_every=2", "train.pro
 QUICK += ["data.params.num_samples=160", "model.overrides.encoder.depth=1", "model.overrides.decoder.depth=1"]
 
 
-def _train_cmd(run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "unitok.train", str(RECIPE), f"run_dir={run_dir}", *QUICK]
+def _train_cmd(run_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "unitok.train", str(RECIPE), f"run_dir={run_dir}", *QUICK, *extra]
 
 
-def test_run_killed_at_any_moment_resumes_to_the_same_weights(tmp_path):
+def _write_shards(folder: Path, n_shards: int = 4, per_shard: int = 12) -> str:
+    """img2dataset-style tar shards (``key.png`` + ``key.txt``), the last sample of each a corrupt image."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    folder.mkdir()
+    for s in range(n_shards):
+        with tarfile.open(folder / f"{s:05d}.tar", "w") as tar:
+            for i in range(per_shard):
+                buf = io.BytesIO()
+                Image.new("RGB", (40, 32), (60 * s % 256, 20 * i % 256, 128)).save(buf, "PNG")
+                image = buf.getvalue() if i < per_shard - 1 else b"corrupt"
+                for ext, payload in (("png", image), ("txt", f"shard {s} sample {i}".encode())):
+                    info = tarfile.TarInfo(f"{s:05d}{i:04d}.{ext}")
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+    return str(folder / f"{{00000..{n_shards - 1:05d}}}.tar")
+
+
+@pytest.mark.parametrize("data", ["toy_shapes", "webdataset"])
+def test_run_killed_at_any_moment_resumes_to_the_same_weights(tmp_path, data):
     ref_dir, killed_dir = tmp_path / "ref", tmp_path / "killed"
+    extra = []
+    if data == "webdataset":  # streaming shards read by 2 DataLoader workers, shuffle buffer: the position resumes
+        shards = _write_shards(tmp_path / "shards")
+        extra = ["data.name=webdataset", "data.params.num_samples=null", f"data.params.shards={shards}",
+                 "data.params.shuffle_buffer=6", "train.num_workers=2"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(_train_cmd(ref_dir), check=True, env=env, capture_output=True, timeout=120)
-    proc = subprocess.Popen(_train_cmd(killed_dir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(_train_cmd(ref_dir, *extra), check=True, env=env, capture_output=True, timeout=120)
+    proc = subprocess.Popen(
+        _train_cmd(killed_dir, *extra), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     latest = killed_dir / "checkpoints" / "latest"
     deadline = time.monotonic() + 120
     while not (latest.exists() and "step_00000006" <= latest.read_text().strip()) and time.monotonic() < deadline:
@@ -39,7 +68,7 @@ def test_run_killed_at_any_moment_resumes_to_the_same_weights(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed_dir / "model").exists(), "the run finished before the kill; the test proves nothing"
-    subprocess.run(_train_cmd(killed_dir), check=True, env=env, capture_output=True, timeout=120)
+    subprocess.run(_train_cmd(killed_dir, *extra), check=True, env=env, capture_output=True, timeout=120)
     ref = load_file(ref_dir / "model" / "model.safetensors")
     resumed = load_file(killed_dir / "model" / "model.safetensors")
     assert ref.keys() == resumed.keys()

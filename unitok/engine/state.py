@@ -103,7 +103,7 @@ class EpochSeeded(Dataset):
 def seeded_rng(seed: int) -> Iterator[None]:
     """Run a block under torch's CPU RNG and Python's ``random`` seeded from ``seed``; restore both afterwards."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed % (2**63))
+        torch.default_generator.manual_seed(seed % (2**63))  # CPU only: the CUDA generators stay untouched
         state = random.getstate()
         random.seed(seed)
         try:
