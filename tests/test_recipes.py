@@ -1,5 +1,6 @@
 """Every recipe parses strictly, and the full VTP recipes build the released architectures."""
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -28,3 +29,42 @@ def test_full_recipes_use_the_released_shapes(name):
     assert model.config.vision_embed_dim == RELEASED[name] and model.config.vision_feature_bottleneck == 64
     assert model.config.image_size == 256 and cfg.data.params["size"] == 256
     assert cfg.losses.groups["rec"] == 0.1
+
+
+def _shard_and_folder(folder: Path) -> Path:
+    """``folder/00000.tar`` (two img2dataset samples) and one captioned image ``folder/00000.jpg``."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    folder.mkdir()
+    with tarfile.open(folder / "00000.tar", "w") as tar:
+        for i in range(2):
+            buf = io.BytesIO()
+            Image.new("RGB", (300, 280), (40 * i, 90, 200)).save(buf, "JPEG")
+            for ext, payload in (("jpg", buf.getvalue()), ("txt", f"caption {i}".encode())):
+                info = tarfile.TarInfo(f"{i:09d}.{ext}")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    Image.new("RGB", (300, 280)).save(folder / "00000.jpg")
+    (folder / "00000.txt").write_text("caption")
+    return folder
+
+
+@pytest.mark.parametrize("name", list(RELEASED))
+def test_full_recipes_read_webdataset_shards_or_an_image_folder(name, tmp_path):
+    from unitok.registry import DATASETS
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "image" / f"{name}.yaml"
+    folder = _shard_and_folder(tmp_path / "data")
+    cfg = load_run_config(recipe, [f"data.params.shards={folder}/{{00000..00000}}.tar"])
+    dataset, collate = DATASETS.get(cfg.data.name)(cfg.data.params, split="train")
+    batch = collate(list(itertools.islice(dataset.stream(0, 1, seed=0), 2)))
+    assert sorted(batch["text"]) == ["caption 0", "caption 1"]
+    assert batch["image"].shape == (2, 3, 256, 256) and batch["global_crops"][0].shape == (2, 3, 256, 256)
+    assert len(batch["local_crops"]) == 8 and batch["local_crops"][0].shape == (2, 3, 96, 96)
+    alt = ["data.name=image_folder", "data.params.shards=null", f"data.params.root={folder}"]
+    cfg = load_run_config(recipe, alt)
+    dataset, _ = DATASETS.get(cfg.data.name)(cfg.data.params, split="train")
+    assert len(dataset) == 1

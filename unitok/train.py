@@ -24,7 +24,8 @@ from unitok.losses.compose import ComposerConfig
 EXAMPLES = """examples:
   unitok-train recipes/debug/ae_tiny.yaml
   unitok-train recipes/debug/ae_tiny.yaml train.steps=50 run_dir=runs/try optim.lr=5e-4
-  torchrun --nproc-per-node 8 -m unitok.train recipes/image/vtp_b_f16d64.yaml data.params.path=/data/shards
+  torchrun --nproc-per-node 8 -m unitok.train recipes/image/vtp_b_f16d64.yaml \
+      'data.params.shards=/data/shards/{00000..01023}.tar'
 """
 
 

@@ -202,6 +202,11 @@ class WebDatasetShards(IterableDataset):
                 f"{len(self.shards)} shards for {num_consumers} data consumers (ranks x DataLoader workers): every "
                 "consumer needs at least one shard; use more shards or fewer train.num_workers"
             )
+        if state is not None and state.get("num_shards", len(self.shards)) != len(self.shards):
+            raise ValueError(
+                f"the saved data position is for {state['num_shards']} shards, this data set has {len(self.shards)}: "
+                "resume with the same shard list"
+            )
         return ShardStream(self, consumer, num_consumers, seed, state)
 
     def _epoch(self, epoch: int, consumer: int, num_consumers: int, seed: int, cursor: _Cursor,
@@ -318,7 +323,8 @@ class ShardStream:
         if c.buffer is None:
             return self._saved
         return {"epoch": c.epoch, "next_id": c.next_id, "sizes": list(c.sizes), "draining": c.buffer.draining,
-                "buffer": [gid for gid, _ in c.buffer.items], "rng": c.buffer.rng.getstate()}  # fmt: skip
+                "buffer": [gid for gid, _ in c.buffer.items], "rng": c.buffer.rng.getstate(),
+                "num_shards": len(self.ds.shards)}  # fmt: skip
 
     def _run(self, state: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
         epoch, resume = (int(state["epoch"]), state) if state is not None else (self.ds.epoch, None)

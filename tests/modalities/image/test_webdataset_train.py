@@ -173,3 +173,8 @@ def test_webdataset_builder_names_bad_params(shards, tmp_path):
         build_webdataset_dataset({"shards": shards.replace("00005", "00007")})
     with pytest.raises(ValueError, match="6 shards for 8 data consumers"):
         ds.stream(0, 8, seed=0)
+    stream = ds.stream(0, 2, seed=0)
+    next(stream)
+    fewer = WebDatasetShards(ds.shards[:4])
+    with pytest.raises(ValueError, match="for 6 shards, this data set has 4"):
+        fewer.stream(0, 2, seed=0, state=stream.state_dict())
