@@ -40,6 +40,7 @@ def _take(batches, n):
     return [(b["id"].tolist(), b["noise"].tolist()) for b in itertools.islice(iter(batches), n)]
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
 @pytest.mark.parametrize("workers", [0, 2, 3])
 def test_batches_resume_exactly_and_leave_the_global_rng_alone(workers):
     make = lambda: StreamBatches(_Counting(), default_collate, batch_size=3, num_workers=workers, seed=4)  # noqa: E731
