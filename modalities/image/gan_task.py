@@ -59,7 +59,7 @@ class VTPGANTaskConfig:
     disc_optim: OptimConfig = field(default_factory=_disc_optim)
 
 
-def _stage1_state_dict(path: Path, model: VTPModel) -> tuple[dict[str, torch.Tensor] | None, str]:
+def _stage1_state_dict(path: Path) -> tuple[dict[str, torch.Tensor] | None, str]:
     """(unitok-layout state dict, source) from a checkpoint file; (None, dir) for a pretrained directory."""
     from unitok.engine.checkpoint import latest_checkpoint, load_checkpoint
 
@@ -96,7 +96,7 @@ def load_stage1(model: VTPModel, init_from: str) -> str:
     path = Path(init_from).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"init_from={init_from!r} does not exist (expected a stage-1 run directory)")
-    sd, source = _stage1_state_dict(path, model)
+    sd, source = _stage1_state_dict(path)
     if sd is None:
         saved = dataclasses.asdict(VTPConfig.from_dict(read_config(source)))
         wanted = dataclasses.asdict(model.config)

@@ -39,16 +39,21 @@ class Task(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self._wrapped: dict[str, nn.Module] = {}  # DDP wrappers live outside the module tree (clean state dicts)
-        self._phase: frozenset[str] | None = None  # modules the running phase trains (None: all)
+        self._phase_modules: frozenset[str] | None = None  # modules the running phase trains (None: all)
 
     def set_wrapper(self, name: str, wrapper: nn.Module) -> None:
         """Route calls of trainable module ``name`` through ``wrapper`` (e.g. DDP)."""
         self._wrapped[name] = wrapper
 
+    def set_phase(self, names: tuple[str, ...] | None) -> None:
+        """The trainable modules the running optimiser phase trains (None: all); :meth:`call` wraps only these."""
+        self._phase_modules = frozenset(names) if names is not None else None
+
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Call a trainable module through its wrapper when it has one and the running phase trains it."""
-        wrapper = self._wrapped.get(name) if self._phase is None or name in self._phase else None
-        return (wrapper or getattr(self, name))(*args, **kwargs)
+        routed = self._phase_modules is None or name in self._phase_modules
+        module = self._wrapped.get(name, getattr(self, name)) if routed else getattr(self, name)
+        return module(*args, **kwargs)
 
     def training_forward(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         """One micro-batch -> (scalar loss to back-propagate, report of named scalars).

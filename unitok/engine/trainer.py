@@ -100,7 +100,7 @@ class Trainer:
 
     def __init__(self, task: Task, dataset: Dataset, collate_fn, optim: OptimConfig, cfg: TrainConfig,
                  run_dir: str | Path | None, info: DistInfo | None = None):  # fmt: skip
-        self.cfg, self.optim_cfg = cfg, optim
+        self.cfg = cfg
         self.info = info or DistInfo()
         self.device = self.info.device
         self.task = task.to(self.device)
@@ -121,9 +121,9 @@ class Trainer:
         aux = tuple(task.aux_trainable)
         if not set(aux) <= set(task.trainable) or (aux and task.aux_optim is None):
             raise ValueError(f"Task.aux_trainable {aux} must be a subset of trainable {task.trainable}, with aux_optim")
-        self.phases = [self._phase([n for n in task.trainable if n not in aux], optim)]
+        self.phases = [self._make_phase([n for n in task.trainable if n not in aux], optim)]
         if aux:
-            self.phases.append(self._phase(aux, task.aux_optim))
+            self.phases.append(self._make_phase(aux, task.aux_optim))
         self.optimizer = self.phases[0].optimizer
         self.logger = MetricsLogger(self.run_dir, enabled=self.info.is_main, tensorboard=cfg.tensorboard)
         self._consecutive_nonfinite = 0
@@ -152,7 +152,7 @@ class Trainer:
         """The named trainable modules (default: all) under one root, for optimisers and state dicts."""
         return torch.nn.ModuleDict({n: getattr(self.task, n) for n in names or self.task.trainable})
 
-    def _phase(self, names: Iterable[str], optim: OptimConfig) -> _Phase:
+    def _make_phase(self, names: Iterable[str], optim: OptimConfig) -> _Phase:
         names = tuple(names)
         if not any(p.requires_grad for n in names for p in getattr(self.task, n).parameters()):
             raise ValueError(f"trainable modules {names} have no parameter that requires a gradient")
@@ -277,13 +277,13 @@ class Trainer:
         others = [p for ph in self.phases if ph is not phase for p in ph.params()]
         for p in others:
             p.requires_grad_(False)
-        self.task._phase = frozenset(phase.names) if others else None
+        self.task.set_phase(phase.names if others else None)
         try:
             yield
         finally:
             for p in others:
                 p.requires_grad_(True)
-            self.task._phase = None
+            self.task.set_phase(None)
 
     def _backward(self, phase: _Phase, forward, inputs: Iterable[tuple]) -> tuple[dict[str, float], float, bool]:
         """Forward + backward of one phase over its micro-batches, clipping -> (mean report, grad norm, finite)."""

@@ -34,11 +34,11 @@ def _run(init_from, run_dir, *extra):
     return build_run(load_run_config(RECIPES / "image_tiny_gan.yaml", _overrides(init_from, run_dir, *extra)))
 
 
+DECODER = ("decoder_embed", "decoder.", "decoder_head")
+
+
 def _frozen(sd):
     return {k: v for k, v in sd.items() if not k.startswith(tuple(f"autoencoder.{n}" for n in DECODER))}
-
-
-DECODER = ("decoder_embed", "decoder.", "decoder_head")
 
 
 def test_stage2_recipe_runs_from_a_stage1_run_and_only_moves_the_pixel_decoder(stage1, tmp_path):
@@ -104,7 +104,7 @@ def test_each_phase_moves_only_its_own_parameters(stage1, tmp_path):
     assert seen["gen_kept"] and all(g is None for g in seen["gen_other_grads"]) and any(seen["gen_own_grads"])
     assert seen["disc_kept"] and all(g is None for g in seen["disc_other_grads"]) and all(seen["disc_own_grads"])
     assert not _same(critic0, critic)
-    assert all(p.requires_grad for p in gen.params() + disc.params()) and task._phase is None
+    assert all(p.requires_grad for p in gen.params() + disc.params()) and task._phase_modules is None
     for k, v in task.student.model.state_dict().items():
         if k in encoder0:
             assert torch.equal(v, encoder0[k]), f"{k} moved although frozen"
@@ -126,11 +126,10 @@ def test_stage2_resumes_to_the_same_weights_and_optimiser_states(stage1, tmp_pat
         assert all(torch.equal(sa[p][s], sb[p][s]) for p in sa for s in sa[p]), key
     first = torch.load(tmp_path / "b" / "checkpoints" / "step_00000001.pt", weights_only=False)
     assert first["aux_optimizer"] is None and first["optimizer"] is not None  # step 0 < disc_start
-    old = dict(a)
-    del old["aux_optimizer"]  # a checkpoint written before the trainer had a second optimiser
-    fresh, _ = _run(stage1, tmp_path / "c", *extra)
-    fresh.load_state_dict(old)
-    assert fresh.state.step == 3 and not fresh.phases[1].optimizer.state and fresh.optimizer.state
+    old = {k: v for k, v in first.items() if k != "aux_optimizer"}  # written before there was a second optimiser
+    straight.phases[1].optimizer.state.clear()
+    straight.load_state_dict(old)
+    assert straight.state.step == 1 and not straight.phases[1].optimizer.state and straight.optimizer.state
 
 
 def _dist_worker(rank, world_size, init_file, init_from, out_dir):
