@@ -8,8 +8,8 @@ Generator loss: hinge ``-mean D(x̂)`` (taming's default) or non-saturating ``me
 Adaptive weight (taming's ``calculate_adaptive_weight``): with W the generator's last layer,
 ``λ = ||∇_W L_rec|| / (||∇_W L_G|| + 1e-4)``, clamped to [0, 1e4] and detached; the generator term is
 ``disc_weight · λ · L_G``. Under data parallelism both gradients are averaged over ranks first (the gradients of
-the global-batch losses), so λ does not depend on how the batch is split. Before ``disc_start`` the generator
-term is 0 and the discriminator is not trained.
+the global-batch losses), so λ does not depend on how the batch is split over ranks; with gradient accumulation
+it is computed per micro-batch. Before ``disc_start`` the generator term is 0 and the discriminator is not trained.
 
 Shape legend:
     logits: any shape (a PatchGAN gives a (B, 1, h, w) map of per-patch logits); W: the last layer's weight.
