@@ -1,4 +1,5 @@
-"""Every recipe parses strictly, and the full VTP recipes build the released architectures."""
+"""Every recipe parses strictly, the full VTP recipes build the released architectures, and every GAN (stage-2)
+recipe starts from its stage-1 recipe's model."""
 
 import itertools
 from pathlib import Path
@@ -68,3 +69,20 @@ def test_full_recipes_read_webdataset_shards_or_an_image_folder(name, tmp_path):
     cfg = load_run_config(recipe, alt)
     dataset, _ = DATASETS.get(cfg.data.name)(cfg.data.params, split="train")
     assert len(dataset) == 1
+
+
+GAN = [p for p in RECIPES if p.stem.endswith("_gan")]
+
+
+@pytest.mark.parametrize("recipe", GAN, ids=[p.stem for p in GAN])
+def test_gan_recipes_start_from_their_stage1_model(recipe):
+    from unitok.config import build_config
+    from unitok.modalities.image.gan_task import VTPGANTaskConfig
+
+    cfg = load_run_config(recipe)
+    stage1 = load_run_config(recipe.with_name(recipe.stem.removesuffix("_gan") + ".yaml"))
+    assert cfg.task.name == "vtp_gan" and stage1.task.name == "vtp"
+    assert (cfg.model.name, cfg.model.overrides) == (stage1.model.name, stage1.model.overrides)
+    params = build_config(VTPGANTaskConfig, cfg.task.params)  # strict: unknown keys fail
+    assert params.init_from and params.adversarial.disc_weight > 0 and params.disc_optim.weight_decay == 0
+    assert set(cfg.losses.terms) == {"rec_l1", "rec_lpips"}

@@ -67,6 +67,7 @@ TASKS = Registry(
     {
         "autoencoder": "unitok.engine.builders:build_autoencoder_task",
         "vtp": "unitok.modalities.image.builders:build_vtp_task",
+        "vtp_gan": "unitok.modalities.image.builders:build_vtp_gan_task",
     },
 )
 #: training data sets: name -> builder(params, split) -> (dataset, collate_fn)

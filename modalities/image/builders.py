@@ -88,3 +88,12 @@ def build_vtp_task(cfg, model, params: dict[str, Any]):
     from unitok.modalities.image.vtp_task import VTPTask, VTPTaskConfig
 
     return VTPTask(model, LossComposer(cfg.losses), build_config(VTPTaskConfig, params), cfg.train.steps)
+
+
+def build_vtp_gan_task(cfg, model, params: dict[str, Any]):
+    """Stage-2 GAN fine-tuning task (:class:`~unitok.modalities.image.gan_task.VTPGANTask`) from ``task.params``."""
+    from unitok.config import build_config
+    from unitok.losses.compose import LossComposer
+    from unitok.modalities.image.gan_task import VTPGANTask, VTPGANTaskConfig
+
+    return VTPGANTask(model, LossComposer(cfg.losses), build_config(VTPGANTaskConfig, params))

@@ -54,6 +54,8 @@ def wrap_trainable(module: nn.Module, info: DistInfo, strategy: str = "ddp") -> 
     """Wrap one trainable module for data parallelism ('ddp', 'fsdp' = FSDP2 ``fully_shard``, or 'none').
 
     FSDP2 shards every Transformer block (any submodule list named ``blocks`` or ``resblocks``) and then the root.
+    Frozen 0-d parameters (e.g. a frozen CLIP logit scale), which ``fully_shard`` refuses, stay unsharded: they
+    need no gradient synchronisation and are identical on every rank.
     """
     if not info.enabled or strategy == "none":
         return module
@@ -65,11 +67,12 @@ def wrap_trainable(module: nn.Module, info: DistInfo, strategy: str = "ddp") -> 
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
+        ignored = {p for p in module.parameters() if p.ndim == 0 and not p.requires_grad} or None
         for name, sub in module.named_modules():
             if name.endswith(("blocks", "resblocks")) and isinstance(sub, nn.ModuleList):
                 for block in sub:
-                    fully_shard(block)
-        fully_shard(module)
+                    fully_shard(block, ignored_params=ignored)
+        fully_shard(module, ignored_params=ignored)
         return module
     raise ValueError(f"distributed strategy must be 'ddp', 'fsdp' or 'none', got {strategy!r}")
 

@@ -3,6 +3,14 @@
 The trainer wraps only the submodules named in ``Task.trainable`` (DDP/FSDP) and optimises their parameters;
 frozen teachers and perceptual nets stay unwrapped. A wrapped module must be *called* (its ``forward``) for
 gradient synchronisation to work, so each trainable module's forward computes everything the losses need.
+
+Two optimiser phases (e.g. a GAN: generator, then discriminator): ``aux_trainable`` names the trainable modules
+that a second optimiser (``aux_optim``) steps after the main step. Per optimiser step the trainer runs the main
+phase (``training_forward(batch, step, cache)`` over the micro-batches, backward, clip, step of the other
+modules) and then, when ``aux_active(step)``, the auxiliary phase (``aux_forward(batch, step, cache)`` over the
+same micro-batches, with the ``cache`` dict the main phase filled for each). During each phase only its own
+parameters require gradients, and :meth:`Task.call` goes through the wrapper only for the modules it trains: a
+discriminator called inside the generator loss runs bare, so DDP neither expects nor syncs its gradients.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import torch
 from torch import nn
 
 from unitok.adapter import ModalityAdapter
+from unitok.engine.optim import OptimConfig
 from unitok.losses.compose import LossComposer
 from unitok.models.autoencoder import TransformerAutoencoder
 
@@ -22,21 +31,45 @@ class Task(nn.Module):
 
     #: attribute names of the submodules the trainer wraps and optimises
     trainable: tuple[str, ...] = ("student",)
+    #: the subset of ``trainable`` stepped by the auxiliary optimiser, after the main step (empty: one phase)
+    aux_trainable: tuple[str, ...] = ()
+    #: the auxiliary optimiser's configuration (required when ``aux_trainable`` is set)
+    aux_optim: OptimConfig | None = None
 
     def __init__(self) -> None:
         super().__init__()
         self._wrapped: dict[str, nn.Module] = {}  # DDP wrappers live outside the module tree (clean state dicts)
+        self._phase_modules: frozenset[str] | None = None  # modules the running phase trains (None: all)
 
     def set_wrapper(self, name: str, wrapper: nn.Module) -> None:
         """Route calls of trainable module ``name`` through ``wrapper`` (e.g. DDP)."""
         self._wrapped[name] = wrapper
 
+    def set_phase(self, names: tuple[str, ...] | None) -> None:
+        """The trainable modules the running optimiser phase trains (None: all); :meth:`call` wraps only these."""
+        self._phase_modules = frozenset(names) if names is not None else None
+
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        """Call a trainable module through its wrapper when it has one."""
-        return self._wrapped.get(name, getattr(self, name))(*args, **kwargs)
+        """Call a trainable module through its wrapper when it has one and the running phase trains it."""
+        routed = self._phase_modules is None or name in self._phase_modules
+        module = self._wrapped.get(name, getattr(self, name)) if routed else getattr(self, name)
+        return module(*args, **kwargs)
 
     def training_forward(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """One micro-batch -> (scalar loss to back-propagate, report of named scalars)."""
+        """One micro-batch -> (scalar loss to back-propagate, report of named scalars).
+
+        Tasks with an auxiliary phase take a third argument, ``cache``: a dict kept for :meth:`aux_forward`.
+        """
+        raise NotImplementedError
+
+    def aux_active(self, step: int) -> bool:
+        """Whether the auxiliary phase runs at ``step`` (decided once per step, identically on every rank)."""
+        return bool(self.aux_trainable)
+
+    def aux_forward(
+        self, batch: dict[str, Any], step: int, cache: dict[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Auxiliary phase, one micro-batch (with what the main phase put in ``cache``) -> (loss, report)."""
         raise NotImplementedError
 
     def before_optimizer_step(self, step: int) -> None:

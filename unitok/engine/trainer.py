@@ -3,13 +3,16 @@
 Per optimiser step: ``grad_accum`` micro-batches under bf16 autocast (optional), gradient clipping, a
 non-finite guard (skip the step; after ``max_consecutive_nonfinite`` in a row, roll weights back to the last
 checkpoint and go on with new data), AdamW with per-step lr / weight-decay schedules, ``task.after_step``, an
-EMA of the exported model, metrics, atomic checkpoints of the whole train state.
+EMA of the exported model, metrics, atomic checkpoints of the whole train state. A task with an auxiliary phase
+(``Task.aux_trainable``, e.g. a GAN discriminator) gets a second AdamW with its own schedules, stepped after the
+main one over the same micro-batches (see :mod:`unitok.engine.task`); a non-finite auxiliary step is skipped.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +69,24 @@ class TrainConfig:
     tensorboard: bool = False
 
 
+@dataclass
+class _Phase:
+    """One optimiser and the trainable modules it steps."""
+
+    names: tuple[str, ...]
+    cfg: OptimConfig
+    optimizer: torch.optim.Optimizer
+    lr_at: Callable[[int], float]
+    wd_at: Callable[[int], float]
+
+    def params(self) -> list[torch.nn.Parameter]:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def lr(self) -> float:
+        group = self.optimizer.param_groups[0]
+        return group["lr"] / group["lr_mult"]
+
+
 class Trainer:
     """Runs a :class:`Task` on a map-style or streaming data set.
 
@@ -81,7 +102,7 @@ class Trainer:
 
     def __init__(self, task: Task, dataset: Dataset, collate_fn, optim: OptimConfig, cfg: TrainConfig,
                  run_dir: str | Path | None, info: DistInfo | None = None):  # fmt: skip
-        self.cfg, self.optim_cfg = cfg, optim
+        self.cfg = cfg
         self.info = info or DistInfo()
         self.device = self.info.device
         self.task = task.to(self.device)
@@ -104,9 +125,13 @@ class Trainer:
 
             self.ema = ModelEmaV3(task.export_model(), decay=cfg.ema_decay)
         self._setup_modules()
-        self.optimizer = build_adamw(self._trainable_root(), optim)
-        self.lr_at = cosine_schedule(optim.lr, optim.min_lr, cfg.steps, optim.warmup_steps)
-        self.wd_at = cosine_schedule(optim.weight_decay, optim.weight_decay_end, cfg.steps)
+        aux = tuple(task.aux_trainable)
+        if not set(aux) <= set(task.trainable) or (aux and task.aux_optim is None):
+            raise ValueError(f"Task.aux_trainable {aux} must be a subset of trainable {task.trainable}, with aux_optim")
+        self.phases = [self._make_phase([n for n in task.trainable if n not in aux], optim)]
+        if aux:
+            self.phases.append(self._make_phase(aux, task.aux_optim))
+        self.optimizer = self.phases[0].optimizer
         self.logger = MetricsLogger(self.run_dir, enabled=self.info.is_main, tensorboard=cfg.tensorboard)
         self._consecutive_nonfinite = 0
 
@@ -122,17 +147,26 @@ class Trainer:
                         m.cfg.grad_checkpointing = True
             if self.cfg.compile:
                 module.compile()
+            if not any(p.requires_grad for p in module.parameters()):
+                continue  # nothing to synchronise (DDP refuses such a module)
             wrapped = wrap_trainable(module, self.info, self.cfg.strategy)
             if wrapped is not module:
                 self.task.set_wrapper(name, wrapped)
         if self.ema is not None and self.cfg.strategy == "fsdp":
             wrap_trainable(self.ema.module, self.info, "fsdp")
 
-    def _trainable_root(self) -> torch.nn.Module:
-        return torch.nn.ModuleDict({n: getattr(self.task, n) for n in self.task.trainable})
+    def _root(self, names: Iterable[str] | None = None) -> torch.nn.Module:
+        """The named trainable modules (default: all) under one root, for optimisers and state dicts."""
+        return torch.nn.ModuleDict({n: getattr(self.task, n) for n in names or self.task.trainable})
 
-    def _trainable_params(self) -> list[torch.nn.Parameter]:
-        return [p for g in self.optimizer.param_groups for p in g["params"]]
+    def _make_phase(self, names: Iterable[str], optim: OptimConfig) -> _Phase:
+        names = tuple(names)
+        if not any(p.requires_grad for n in names for p in getattr(self.task, n).parameters()):
+            raise ValueError(f"trainable modules {names} have no parameter that requires a gradient")
+        steps = self.cfg.steps
+        return _Phase(names, optim, build_adamw(self._root(names), optim),
+                      cosine_schedule(optim.lr, optim.min_lr, steps, optim.warmup_steps),
+                      cosine_schedule(optim.weight_decay, optim.weight_decay_end, steps))  # fmt: skip
 
     # ------------------------------------------------------------------------------------------ data
     def _batches(self):
@@ -165,17 +199,28 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        model_sd, optim_sd = get_state_dict(self._trainable_root(), self.optimizer, options=opts)
+        model_sd = get_model_state_dict(self._root(), options=opts)
+        # an optimiser that never stepped is saved as None (saving would fake a step in it; every rank agrees)
+        optim_sds = [get_optimizer_state_dict(self._root(ph.names), ph.optimizer, options=opts)
+                     if ph.optimizer.state else None for ph in self.phases]  # fmt: skip
         trainable = set(self.task.trainable)
         rest = {k: v for k, v in self.task.state_dict().items() if k.split(".", 1)[0] not in trainable}
         ema = get_model_state_dict(self.ema.module, options=opts) if self.ema is not None else None
-        return {"trainable": model_sd, "task_rest": rest, "optimizer": optim_sd, "state": self.state.state_dict(),
-                "ema": ema, "rng": rng_state(), "data": self.stream.state_dict() if self.stream else None}  # fmt: skip
+        sd = {"trainable": model_sd, "task_rest": rest, "optimizer": optim_sds[0], "state": self.state.state_dict(),
+              "ema": ema, "rng": rng_state(), "data": self.stream.state_dict() if self.stream else None}  # fmt: skip
+        if len(self.phases) > 1:
+            sd["aux_optimizer"] = optim_sds[1]
+        return sd
 
     def load_state_dict(self, ckpt: dict[str, Any], restore_data_and_rng: bool = True) -> None:
+        """Restore :meth:`state_dict`'s output (a checkpoint without ``aux_optimizer`` leaves that one fresh)."""
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             set_model_state_dict,
@@ -183,12 +228,12 @@ class Trainer:
         )
 
         opts = StateDictOptions(full_state_dict=True)
-        root = self._trainable_root()
-        set_model_state_dict(root, ckpt["trainable"], options=opts)
+        set_model_state_dict(self._root(), ckpt["trainable"], options=opts)
         # not strict: a parameter that never had a gradient yet (e.g. frozen prototypes) has no optimiser state
-        set_optimizer_state_dict(
-            root, self.optimizer, ckpt["optimizer"], options=StateDictOptions(full_state_dict=True, strict=False)
-        )
+        loose = StateDictOptions(full_state_dict=True, strict=False)
+        for phase, key in zip(self.phases, ("optimizer", "aux_optimizer"), strict=False):
+            if ckpt.get(key) is not None:
+                set_optimizer_state_dict(self._root(phase.names), phase.optimizer, ckpt[key], options=loose)
         self.task.load_state_dict(ckpt["task_rest"], strict=False)
         if self.ema is not None and ckpt.get("ema") is not None:
             set_model_state_dict(self.ema.module, ckpt["ema"], options=opts)
@@ -238,43 +283,84 @@ class Trainer:
                     stack.enter_context(wrapper.no_sync())
         return stack
 
-    def train_step(self, batches) -> dict[str, float]:
-        """One optimiser step over ``grad_accum`` micro-batches; returns the averaged report."""
-        step = self.state.step
-        apply_schedules(self.optimizer, self.lr_at(step), self.wd_at(step))
-        self.task.train()
-        reports = []
-        for micro in range(self.cfg.grad_accum):
-            batch = self._to_device(next(batches))
-            with self._no_sync(micro == self.cfg.grad_accum - 1), self._autocast():
-                loss, report = self.task.training_forward(batch, step)
-                (loss / self.cfg.grad_accum).backward()
-            reports.append(report)
+    @contextlib.contextmanager
+    def _training_only(self, phase: _Phase):
+        """With several phases: only ``phase``'s parameters require gradients, and calls route accordingly."""
+        others = [p for ph in self.phases if ph is not phase for p in ph.params()]
+        for p in others:
+            p.requires_grad_(False)
+        self.task.set_phase(phase.names if others else None)
+        try:
+            yield
+        finally:
+            for p in others:
+                p.requires_grad_(True)
+            self.task.set_phase(None)
+
+    def _backward(self, phase: _Phase, forward, inputs: Iterable[tuple]) -> tuple[dict[str, float], float, bool]:
+        """Forward + backward of one phase over its micro-batches, clipping -> (mean report, grad norm, finite)."""
+        apply_schedules(phase.optimizer, phase.lr_at(self.state.step), phase.wd_at(self.state.step))
+        reports, total = [], 0.0
+        with self._training_only(phase):
+            for micro, args in enumerate(inputs):
+                with self._no_sync(micro == self.cfg.grad_accum - 1), self._autocast():
+                    loss, report = forward(*args)
+                    (loss / self.cfg.grad_accum).backward()
+                total += float(report.get("loss", loss.detach()))
+                reports.append(report)
         report = {k: sum(r[k] for r in reports) / len(reports) for k in reports[0]}
         if self.info.enabled:  # log the mean over ranks, not rank 0's share
             values = all_reduce_mean(torch.tensor(list(report.values()), dtype=torch.float64, device=self.device))
             report = dict(zip(report, values.tolist(), strict=True))
-        params = self._trainable_params()
-        clip = self.optim_cfg.grad_clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
-        finite = torch.tensor(
-            float(math.isfinite(report["loss"]) and bool(torch.isfinite(grad_norm))), device=self.device
-        )
-        if all_reduce_mean(finite).item() < 1.0:
-            self.optimizer.zero_grad(set_to_none=True)
+        clip = phase.cfg.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(phase.params(), clip if clip > 0 else math.inf)
+        finite = torch.tensor(float(math.isfinite(total) and bool(torch.isfinite(grad_norm))), device=self.device)
+        return report, float(grad_norm), bool(all_reduce_mean(finite).item() == 1.0)
+
+    def train_step(self, batches) -> dict[str, float]:
+        """One optimiser step over ``grad_accum`` micro-batches (then the auxiliary phase); the averaged report."""
+        step = self.state.step
+        self.task.train()
+        kept: list[tuple] = []  # (batch, step, cache) of each micro-batch, for the auxiliary phase
+
+        def micro_batches():
+            for _ in range(self.cfg.grad_accum):
+                batch = self._to_device(next(batches))
+                if len(self.phases) == 1:
+                    yield batch, step
+                else:
+                    kept.append((batch, step, {}))
+                    yield kept[-1]
+
+        main = self.phases[0]
+        report, grad_norm, finite = self._backward(main, self.task.training_forward, micro_batches())
+        if not finite:
+            main.optimizer.zero_grad(set_to_none=True)
             return self._on_nonfinite(report)
         self._consecutive_nonfinite = 0
         self.task.before_optimizer_step(step)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        main.optimizer.step()
+        main.optimizer.zero_grad(set_to_none=True)
         self.task.after_step(step)
         if self.ema is not None:
             self.ema.update(self.task.export_model(), step=step)
+        if len(self.phases) > 1 and self.task.aux_active(step):
+            report.update(self._aux_step(self.phases[1], kept))
         self.state.step += 1
-        report.update(
-            grad_norm=float(grad_norm),
-            lr=self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0]["lr_mult"],
-        )
+        report.update(grad_norm=grad_norm, lr=main.lr())
+        return report
+
+    def _aux_step(self, phase: _Phase, kept: list[tuple]) -> dict[str, float]:
+        """The auxiliary phase over the kept micro-batches; a non-finite one is skipped (and reported)."""
+        report, grad_norm, finite = self._backward(phase, self.task.aux_forward, kept)
+        report.update(aux_grad_norm=grad_norm, aux_lr=phase.lr())
+        if finite:
+            phase.optimizer.step()
+        else:
+            report["aux_skipped"] = 1.0
+            self.logger.log(self.state.step, {"event": f"non-finite auxiliary loss/gradient: step {self.state.step} "
+                                              "auxiliary update skipped"})  # fmt: skip
+        phase.optimizer.zero_grad(set_to_none=True)
         return report
 
     def _on_nonfinite(self, report: dict[str, float]) -> dict[str, float]:
