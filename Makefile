@@ -7,7 +7,7 @@ CKPT ?= ../shared/parity/vtp_small_default
 OUT ?= outputs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-pretrain test lint bench clean
+.PHONY: install demo demo-checkpoint test lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +19,13 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# Pre-train the tiny VTP and an AE-only twin on the embedded shapes (CPU), then evaluate and compare both.
 demo: install
-	$(VENV)/bin/unitok-demo --ckpt $(CKPT) --out $(OUT)
+	$(VENV)/bin/unitok-demo-pretrain --out $(OUT)
 
-demo-pretrain: install
-	$(VENV)/bin/unitok-demo-pretrain --out outputs/pretrain
+# Encode and decode sample images with a VTP checkpoint (the tiny parity checkpoint unless CKPT=...).
+demo-checkpoint: install
+	$(VENV)/bin/unitok-demo --ckpt $(CKPT) --out outputs/demo_checkpoint
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

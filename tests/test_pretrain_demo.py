@@ -6,7 +6,7 @@ from unitok.modalities.image.pretrain_demo import main
 
 
 def test_demo_trains_both_runs_and_reports(tmp_path, capsys):
-    main(["--steps", "3", "--out", str(tmp_path)])
+    main(["--steps", "3", "--out", str(tmp_path), "--probe-train", "96", "--val", "48"])
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results) == {"vtp", "ae_only"}
     assert "zero_shot_top1" in results["vtp"] and "zero_shot_top1" not in results["ae_only"]

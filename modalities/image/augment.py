@@ -12,6 +12,7 @@ Shape legend:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -28,6 +29,19 @@ BICUBIC = v2.InterpolationMode.BICUBIC
 # hands ``1 - p`` to torchvision's RandomApply, so the released checkpoints were trained with the "official"
 # values; "intended" are the values its code and paper state (spec ssl_losses_and_dit.md section 1.2).
 BLUR_PROBABILITIES = {"official": (0.0, 0.9, 0.5), "intended": (1.0, 0.1, 0.5)}
+CROP_KEYS = ("crop_source", "crop_seed")  # per-sample keys of the deferred crops (``crops_per_batch``)
+
+
+@contextlib.contextmanager
+def single_threaded():
+    """Run tiny tensor ops (the blur's 9x9 convolution on one crop) on one intra-op thread: with the trainer's
+    2 threads they are 20x slower on a 2-core CPU (thread start-up dominates a microsecond kernel)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _maybe(transform: v2.Transform, p: float) -> list[v2.Transform]:
@@ -47,8 +61,8 @@ class MultiCropAugmentation:
     (what torchvision's PIL blur does internally), so the numerics match the upstream PIL pipeline.
 
     Cost is dominated by per-op overhead, not pixels: about 9 ms per image for 2 x 64 + 8 x 32 px crops on one
-    CPU core. Run it in DataLoader workers (one torch thread each); in the main process set
-    ``torch.set_num_threads(1)``, as multi-threaded tiny convolutions (the blur) are several times slower.
+    CPU core. Crops run on one intra-op thread (:func:`single_threaded`), as multi-threaded tiny convolutions (the
+    blur) are many times slower; DataLoader workers overlap them with training.
 
     Args:
         global_size, local_size: crop sides G and L.
@@ -63,6 +77,10 @@ class MultiCropAugmentation:
         image_size: side S of the un-augmented view returned as ``"image"`` (resize short side, center crop,
             normalise: the input of the reconstruction / contrastive branches, a guess at how VTP feeds them);
             None: ``global_size``; 0: no ``"image"`` key.
+        crops_per_batch: 0: crops for every sample. n > 0: crops only for the first n samples of each batch, made
+            in :meth:`collate` (the SSL losses use a subset of the batch, paper section 3; the first n samples of
+            a shuffled batch are a uniformly random subset, and the crops of the rest would be thrown away).
+            Needs :meth:`collate` as the DataLoader's collate_fn.
     """
 
     def __init__(
@@ -77,6 +95,7 @@ class MultiCropAugmentation:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         image_size: int | None = None,
+        crops_per_batch: int = 0,
     ):
         if isinstance(blur_probabilities, str):
             if blur_probabilities not in BLUR_PROBABILITIES:
@@ -94,6 +113,9 @@ class MultiCropAugmentation:
         self.local = self._crop_pipeline(local_size, local_scale, p_local, 0.0, mean, std)
         image_size = global_size if image_size is None else image_size
         self.view = reconstruction_transform(image_size, mean, std) if image_size else None
+        if crops_per_batch < 0:
+            raise ValueError(f"crops_per_batch must be >= 0, got {crops_per_batch}")
+        self.crops_per_batch = crops_per_batch
 
     @staticmethod
     def _crop_pipeline(
@@ -117,15 +139,42 @@ class MultiCropAugmentation:
         ]
         return v2.Compose(steps)
 
+    def crops(self, image: Image.Image | torch.Tensor) -> dict[str, list[torch.Tensor]]:
+        """One image -> {"global_crops": [2 x (3, G, G)], "local_crops": [n x (3, L, L)]}."""
+        with single_threaded():
+            return {
+                "global_crops": [self.global_1(image), self.global_2(image)],
+                "local_crops": [self.local(image) for _ in range(self.n_local)],
+            }
+
     def __call__(self, image: Image.Image | torch.Tensor) -> dict[str, Any]:
-        """One image -> {"global_crops": [2 x (3, G, G)], "local_crops": [n x (3, L, L)], "image": (3, S, S)}."""
-        out: dict[str, Any] = {
-            "global_crops": [self.global_1(image), self.global_2(image)],
-            "local_crops": [self.local(image) for _ in range(self.n_local)],
-        }
+        """One image -> crops (or, with ``crops_per_batch``, the source and a crop seed) and ``"image"`` (3, S, S).
+
+        The crop seed is drawn from the caller's RNG (per-sample seeded by the trainer's data sets), so crops made
+        later in :meth:`collate` are the same whichever worker or resume point builds the batch.
+        """
+        if self.crops_per_batch:
+            out: dict[str, Any] = {"crop_source": image, "crop_seed": int(torch.randint(0, 2**62, ()))}
+        else:
+            out = self.crops(image)
         if self.view is not None:
             out["image"] = self.view(image)
         return out
+
+    def collate(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Batch samples of this augmentation (the collate_fn to use): crops of the first ``crops_per_batch``."""
+        if not self.crops_per_batch:
+            return collate_multicrop(samples)
+        if not samples:
+            raise ValueError("cannot collate an empty list of samples")
+        crops = []
+        for s in samples[: self.crops_per_batch]:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(s["crop_seed"])
+                crops.append(self.crops(s["crop_source"]))
+        batch = collate_image_text([{k: v for k, v in s.items() if k not in CROP_KEYS} for s in samples])
+        batch.update(collate_multicrop(crops))
+        return batch
 
 
 def collate_multicrop(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:

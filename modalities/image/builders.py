@@ -19,20 +19,21 @@ def build_toy_dataset(params: dict[str, Any], split: str = "train"):
     multicrop = params.pop("multicrop", None)
     if multicrop is None or split != "train":
         return ToyShapes(split=split, **params), default_collate
-    from unitok.modalities.image.augment import MultiCropAugmentation, collate_multicrop
+    from unitok.modalities.image.augment import MultiCropAugmentation
 
-    size = params.get("size", 64)
-    augment = MultiCropAugmentation(**{"global_size": size, "image_size": size, **multicrop})
-    return ToyShapes(split=split, transform=augment, **params), collate_multicrop
+    # image_size 0: the clean view comes straight from ToyShapes' cached pixels (no resize at the same size)
+    augment = MultiCropAugmentation(**{"global_size": params.get("size", 64), "image_size": 0, **multicrop})
+    return ToyShapes(split=split, transform=augment, **params), augment.collate
 
 
 def _train_views(size: int, multicrop: dict[str, Any] | None, split: str):
     """(transform, collate) of the image data sets: DINOv2 multi-crop for training, else the clean view."""
-    from unitok.modalities.image.augment import MultiCropAugmentation, collate_multicrop, reconstruction_transform
+    from unitok.modalities.image.augment import MultiCropAugmentation, reconstruction_transform
     from unitok.modalities.image.data import collate_image_text
 
     if multicrop is not None and split == "train":
-        return MultiCropAugmentation(**{"global_size": size, "image_size": size, **multicrop}), collate_multicrop
+        augment = MultiCropAugmentation(**{"global_size": size, "image_size": size, **multicrop})
+        return augment, augment.collate
     return reconstruction_transform(size), collate_image_text
 
 

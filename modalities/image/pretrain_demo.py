@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=None, help="optimiser steps per run (default: the recipe's)")
     p.add_argument("--recipe", default=str(RECIPE), help="recipe of the VTP run")
     p.add_argument("--variants", default="vtp,ae_only", help=f"comma-separated runs of {sorted(VARIANTS)}")
+    p.add_argument("--probe-train", type=int, default=2400, help="training images of the linear probe")
+    p.add_argument("--val", type=int, default=1200, help="validation images (zero-shot, probe, PSNR)")
     args = p.parse_args(argv)
 
     from torchvision.utils import save_image
@@ -93,8 +95,8 @@ def main(argv: list[str] | None = None) -> None:
         minutes = (time.perf_counter() - start) / 60
         task.export_model().save_pretrained(out / name / "model", state_dict=trainer.export_state_dict())
         size = cfg.data.params.get("size", 64)
-        train_probe = ToyShapes("train", size=size, num_samples=2400, seed=12345)
-        val = ToyShapes("val", size=size)
+        train_probe = ToyShapes("train", size=size, num_samples=args.probe_train, seed=12345)
+        val = ToyShapes("val", size=size, num_samples=args.val)
         trained_clip = task.composer.any_active("clip")  # an untrained text tower would score chance
         metrics, va = evaluate(task.export_model(), train_probe, val, zero_shot=trained_clip)
         results[name] = {**metrics, "train_minutes": round(minutes, 2), "steps": cfg.train.steps}

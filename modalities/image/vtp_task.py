@@ -40,7 +40,8 @@ SSL_TERMS = ("dino", "ibot", "koleo")
 class VTPTaskConfig:
     """Attributes (GUESSES where the paper is silent are marked in the recipes):
     contrastive: 'clip' (softmax) or 'siglip' (sigmoid, needs init_logit_bias).
-    ssl_batch, rec_batch: subset sizes of the SSL and reconstruction losses (0 or >= B: the whole batch).
+    ssl_batch, rec_batch: subset sizes of the SSL and reconstruction losses (0 or >= B: the whole batch); when the
+        data makes crops for its first n samples only (multicrop ``crops_per_batch``), they are the SSL subset.
     head_prototypes, head_hidden, head_bottleneck, head_layers: the shared DINO/iBOT head.
     centering: 'centering' (EMA center) or 'sinkhorn_knopp'.
     student_temp, teacher_temp, teacher_temp_warmup_start, teacher_temp_warmup_steps: temperatures.
@@ -189,7 +190,16 @@ class VTPTask(Task):
                 inputs["rec_images"] = images if idx is None else images[idx]
             inputs["rec_target"] = images if idx is None else images[idx]
         if self.use_ssl:
-            idx = self._subset(B, self.cfg.ssl_batch, device)
+            n_crops = batch["global_crops"][0].shape[0]
+            if n_crops < B:  # the data made crops for its first samples only (augment crops_per_batch): the subset
+                if self.cfg.ssl_batch not in (0, n_crops):
+                    raise ValueError(
+                        f"task.params.ssl_batch={self.cfg.ssl_batch} but the data made crops for "
+                        f"{n_crops} samples per batch (multicrop.crops_per_batch): make them equal"
+                    )
+                idx = None
+            else:
+                idx = self._subset(B, self.cfg.ssl_batch, device)
             pick = (lambda x: x) if idx is None else (lambda x: x[idx])
             glob = torch.cat([pick(c) for c in batch["global_crops"]])
             inputs["ssl_global"] = glob

@@ -1,6 +1,7 @@
 import math
 
 import pytest
+import torch
 
 import unitok
 from unitok.engine.optim import OptimConfig, apply_schedules, build_adamw, cosine_schedule
@@ -57,3 +58,22 @@ def test_frozen_parameters_are_left_out():
     model.decoder.requires_grad_(False)
     names = _groups_by_name(build_adamw(model, OptimConfig()))
     assert not any(n.startswith("decoder.") for n in names) and "encoder.norm.weight" in names
+
+
+def test_adamw_is_fused_on_cpu_and_matches_the_per_tensor_update():
+    torch.manual_seed(0)
+    model, twin = unitok.create_model("unitok_tiny_img_p16_d8"), unitok.create_model("unitok_tiny_img_p16_d8")
+    twin.load_state_dict(model.state_dict())
+    fused = build_adamw(model, OptimConfig(weight_decay=0.1))
+    plain = build_adamw(twin, OptimConfig(weight_decay=0.1))
+    assert fused.defaults["fused"]
+    for group in plain.param_groups:
+        group["fused"] = None  # the per-tensor (foreach) implementation
+    for step in range(3):
+        for m, opt in ((model, fused), (twin, plain)):
+            gen = torch.Generator().manual_seed(step)
+            for p in m.parameters():
+                p.grad = torch.randn(p.shape, generator=gen)
+            opt.step()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -42,6 +42,33 @@ def test_collate_multicrop_with_toy_shapes():
         collate_multicrop([ds[0], {**ds[1], "local_crops": []}])
 
 
+def test_crops_per_batch_makes_crops_for_the_first_samples_only_and_replays_them():
+    from unitok.engine.state import EpochSeeded
+
+    aug = MultiCropAugmentation(32, 16, n_local=2, image_size=0, crops_per_batch=3)
+    ds = EpochSeeded(ToyShapes("train", size=32, num_samples=8, transform=aug), seed=1)
+    samples = [ds[i] for i in range(8)]
+    assert "global_crops" not in samples[0] and isinstance(samples[0]["crop_seed"], int)
+    batch = aug.collate(samples)
+    assert [tuple(c.shape) for c in batch["global_crops"]] == [(3, 3, 32, 32)] * 2
+    assert [tuple(c.shape) for c in batch["local_crops"]] == [(3, 3, 16, 16)] * 2
+    assert batch["image"].shape == (8, 3, 32, 32) and batch["label"].tolist() == list(range(8))
+    assert "crop_source" not in batch and "crop_seed" not in batch
+    # the same samples give the same crops whatever ran before (seeded per sample, not by the caller's RNG)
+    torch.manual_seed(123)
+    again = aug.collate([ds[i] for i in range(8)])
+    crops = zip(batch["global_crops"] + batch["local_crops"], again["global_crops"] + again["local_crops"], strict=True)
+    for a, b in crops:
+        assert torch.equal(a, b)
+    # and they are the crops the eager augmentation makes for the same seed
+    eager = MultiCropAugmentation(32, 16, n_local=2, image_size=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(samples[1]["crop_seed"])
+        assert torch.equal(eager(samples[1]["crop_source"])["global_crops"][1], batch["global_crops"][1][1])
+    with pytest.raises(ValueError, match="crops_per_batch"):
+        MultiCropAugmentation(crops_per_batch=-1)
+
+
 def _blur_and_solarize(pipeline: v2.Compose) -> tuple[float, float]:
     """Probability of GaussianBlur(9, (0.1, 2.0)) and of RandomSolarize(128) in a composed crop pipeline."""
     probs = {"blur": 0.0, "solarize": 0.0}

@@ -57,6 +57,23 @@ def test_batch_sampling_uses_all_pairs_for_clip_and_subsets_for_ssl_and_rec(tmp_
     assert torch.isfinite(loss) and report["loss"] == pytest.approx(loss.item())
 
 
+def test_crops_made_for_the_first_samples_are_the_ssl_subset(tmp_path):
+    from unitok.modalities.image.builders import build_toy_dataset
+
+    _, task = _run(tmp_path)
+    seen = {}
+    task.student.register_forward_pre_hook(lambda m, args: seen.update({k: v for k, v in args[0].items()}))
+    params = {"size": 64, "num_samples": 16, "multicrop": {"local_size": 32, "n_local": 2, "crops_per_batch": 4}}
+    dataset, collate = build_toy_dataset(params)
+    batch = collate([dataset[i] for i in range(8)])
+    task.training_forward(batch, step=0)
+    assert seen["clip_images"].shape[0] == 8 and seen["ssl_global"].shape[0] == 2 * 4
+    assert torch.equal(seen["ssl_global"], torch.cat(batch["global_crops"]))  # no second sub-sampling
+    task.cfg.ssl_batch = 2
+    with pytest.raises(ValueError, match="crops_per_batch"):
+        task.training_forward(batch, step=0)
+
+
 def _toy_multicrop():
     from unitok.modalities.image.builders import build_toy_dataset
 
