@@ -233,7 +233,13 @@ class Trainer:
         loose = StateDictOptions(full_state_dict=True, strict=False)
         for phase, key in zip(self.phases, ("optimizer", "aux_optimizer"), strict=False):
             if ckpt.get(key) is not None:
-                set_optimizer_state_dict(self._root(phase.names), phase.optimizer, ckpt[key], options=loose)
+                root = self._root(phase.names)
+                set_optimizer_state_dict(root, phase.optimizer, ckpt[key], options=loose)
+                # loading first fakes a step of every parameter (zero gradient, lr 0) to create its state; such a
+                # parameter keeps no state, or its first real step would count as the second (Adam bias correction)
+                for name, p in root.named_parameters():
+                    if name not in ckpt[key]["state"]:
+                        phase.optimizer.state.pop(p, None)
         self.task.load_state_dict(ckpt["task_rest"], strict=False)
         if self.ema is not None and ckpt.get("ema") is not None:
             set_model_state_dict(self.ema.module, ckpt["ema"], options=opts)
