@@ -290,6 +290,9 @@ class Trainer:
         sd = self.state_dict()  # collective under FSDP: every rank takes part
         if self.info.is_main:
             save_checkpoint(self.ckpt_dir, self.state.step, sd, keep_last=self.cfg.keep_last)
+        if self.info.enabled:  # every rank returns once the checkpoint is on disk: a resume right after reads it
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            torch.distributed.barrier(device_ids=ids)
 
     def maybe_resume(self) -> bool:
         """Resume from the run directory's latest checkpoint, if any."""
