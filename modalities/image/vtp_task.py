@@ -77,7 +77,8 @@ class VTPStudent(nn.Module):
 
     Inputs (all optional): ``clip_images`` (B, 3, S, S) and ``text`` (B, T); ``ssl_global`` (G·Bs, 3, g, g) with
     ``ibot_masks`` (G·Bs, N); ``ssl_local`` (L·Bs, 3, l, l); ``rec_images`` (Br, 3, S, S) or ``rec_index`` (Br,)
-    into ``clip_images`` (reuses the CLIP encoder pass).
+    into ``clip_images`` (reuses the CLIP encoder pass). The EMA teacher runs the same forward with
+    ``teacher_masks`` (G·Bs, N) instead of ``ibot_masks``: the patches whose logits it returns, on unmasked crops.
     """
 
     def __init__(self, model: VTPModel, head: DINOHead | None):
@@ -100,8 +101,9 @@ class VTPStudent(nn.Module):
             _, g = m.encode_features(inputs["ssl_global"], inputs.get("ibot_masks"))
             out["global_cls"] = g.cls
             rows = [g.cls]
-            if "ibot_masks" in inputs:
-                rows.append(g.tokens[inputs["ibot_masks"]])
+            patches = inputs.get("ibot_masks", inputs.get("teacher_masks"))
+            if patches is not None:
+                rows.append(g.tokens[patches])
             if "ssl_local" in inputs:
                 _, loc = m.encode_features(inputs["ssl_local"])
                 rows.append(loc.cls)
@@ -109,7 +111,7 @@ class VTPStudent(nn.Module):
             sizes = [r.shape[0] for r in rows]
             parts = list(logits.split(sizes))
             out["global_logits"] = parts.pop(0)
-            if "ibot_masks" in inputs:
+            if patches is not None:
                 out["masked_patch_logits"] = parts.pop(0)
             if "ssl_local" in inputs:
                 out["local_logits"] = parts.pop(0)
@@ -120,6 +122,7 @@ class VTPTask(Task):
     """CLIP + DINO/iBOT/KoLeo + L1/LPIPS reconstruction on one VTP model, with an EMA teacher."""
 
     trainable = ("student",)
+    teachers = ("teacher",)
 
     def __init__(self, model: VTPModel, composer: LossComposer, cfg: VTPTaskConfig, total_steps: int):
         super().__init__()
@@ -218,13 +221,13 @@ class VTPTask(Task):
         temp = teacher_temperature_schedule(
             step, self.cfg.teacher_temp_warmup_steps, self.cfg.teacher_temp_warmup_start, self.cfg.teacher_temp
         )
-        with torch.no_grad():
-            _, feats = self.teacher.model.encode_features(inputs["ssl_global"])
-            rows = [feats.cls]
+        with torch.no_grad():  # through the teacher's forward: FSDP gathers its shards there
+            query = {"ssl_global": inputs["ssl_global"]}
             if "ibot_masks" in inputs:
-                rows.append(feats.tokens[inputs["ibot_masks"]])
-            logits = self.teacher.head(torch.cat(rows)).float()
-            cls_logits, patch_logits = logits[: feats.cls.shape[0]], logits[feats.cls.shape[0] :]
+                query["teacher_masks"] = inputs["ibot_masks"]
+            out = self.teacher(query)
+            cls_logits, patch_logits = out["global_logits"].float(), out.get("masked_patch_logits")
+            patch_logits = patch_logits.float() if patch_logits is not None else None
             G = 2
             cls_logits = cls_logits.view(G, -1, cls_logits.shape[-1])
             # every rank makes the same collective calls, whatever its number of masked patches
@@ -258,7 +261,7 @@ class VTPTask(Task):
         inputs = self._inputs(batch, step)
         out = self.call("student", {k: v for k, v in inputs.items() if k != "rec_target"})
         terms: dict[str, torch.Tensor] = {}
-        if self.use_clip:
+        if self.use_clip:  # the 0-d logit scale / bias are left out of FSDP (plain tensors): readable out here
             m = self.student.model
             terms.update(self.contrastive(out["image_features"], out["text_features"], m.logit_scale, m.logit_bias))
         if self.use_rec:

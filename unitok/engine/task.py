@@ -1,8 +1,9 @@
 """Task: owns the trainable model(s), the adapter, losses and frozen parts; computes the training loss.
 
 The trainer wraps only the submodules named in ``Task.trainable`` (DDP/FSDP) and optimises their parameters;
-frozen teachers and perceptual nets stay unwrapped. A wrapped module must be *called* (its ``forward``) for
-gradient synchronisation to work, so each trainable module's forward computes everything the losses need.
+frozen perceptual nets stay unwrapped, and EMA teachers (``Task.teachers``) are sharded like the trainable
+modules under FSDP. A wrapped module must be *called* (its ``forward``) for gradient synchronisation (FSDP:
+parameter gathering) to work, so each trainable module's forward computes everything the losses need.
 
 Two optimiser phases (e.g. a GAN: generator, then discriminator): ``aux_trainable`` names the trainable modules
 that a second optimiser (``aux_optim``) steps after the main step. Per optimiser step the trainer runs the main
@@ -35,6 +36,10 @@ class Task(nn.Module):
     aux_trainable: tuple[str, ...] = ()
     #: the auxiliary optimiser's configuration (required when ``aux_trainable`` is set)
     aux_optim: OptimConfig | None = None
+    #: frozen EMA copies of trainable modules (e.g. a DINO teacher), updated in :meth:`after_step`: under FSDP the
+    #: trainer shards them exactly like the trainable modules (the update stays shard-local), so they must be run
+    #: through their ``forward`` (where FSDP gathers their parameters)
+    teachers: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         super().__init__()

@@ -21,7 +21,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from unitok.engine.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from unitok.engine.distributed import DistInfo, all_reduce_mean, wrap_trainable
+from unitok.engine.distributed import (
+    DistInfo,
+    all_reduce_grads,
+    all_reduce_mean,
+    shard_copy,
+    unsharded_params,
+    wrap_trainable,
+)
 from unitok.engine.logging import MetricsLogger
 from unitok.engine.optim import OptimConfig, apply_schedules, build_adamw, cosine_schedule
 from unitok.engine.state import EpochSeeded, ResumableSampler, TrainState
@@ -152,12 +159,21 @@ class Trainer:
             wrapped = wrap_trainable(module, self.info, self.cfg.strategy)
             if wrapped is not module:
                 self.task.set_wrapper(name, wrapped)
-        if self.ema is not None and self.cfg.strategy == "fsdp":
-            wrap_trainable(self.ema.module, self.info, "fsdp")
+        if self.cfg.strategy == "fsdp":  # EMA copies are sharded like the model, so their updates stay shard-local
+            copies = [getattr(self.task, n) for n in self._teachers()]
+            copies += [self.ema.module] if self.ema is not None else []
+            for module in copies:
+                shard_copy(module, self.info)
 
     def _root(self, names: Iterable[str] | None = None) -> torch.nn.Module:
-        """The named trainable modules (default: all) under one root, for optimisers and state dicts."""
-        return torch.nn.ModuleDict({n: getattr(self.task, n) for n in names or self.task.trainable})
+        """The named task modules (default: all trainable ones) under one root, for optimisers and state dicts."""
+        return torch.nn.ModuleDict(
+            {n: getattr(self.task, n) for n in (self.task.trainable if names is None else names)}
+        )
+
+    def _teachers(self) -> tuple[str, ...]:
+        """The task's EMA teachers that exist (a task may leave one unset, e.g. VTP without SSL)."""
+        return tuple(n for n in self.task.teachers if getattr(self.task, n) is not None)
 
     def _make_phase(self, names: Iterable[str], optim: OptimConfig) -> _Phase:
         names = tuple(names)
@@ -210,8 +226,11 @@ class Trainer:
         # an optimiser that never stepped is saved as None (saving would fake a step in it; every rank agrees)
         optim_sds = [get_optimizer_state_dict(self._root(ph.names), ph.optimizer, options=opts)
                      if ph.optimizer.state else None for ph in self.phases]  # fmt: skip
-        trainable = set(self.task.trainable)
-        rest = {k: v for k, v in self.task.state_dict().items() if k.split(".", 1)[0] not in trainable}
+        # teachers may be sharded: gathered like the trainable modules, and saved with the rest of the task
+        own = set(self.task.trainable) | set(self.task.teachers)
+        rest = {k: v for k, v in self.task.state_dict().items() if k.split(".", 1)[0] not in own}
+        if self._teachers():
+            rest |= get_model_state_dict(self._root(self._teachers()), options=opts)
         ema = get_model_state_dict(self.ema.module, options=opts) if self.ema is not None else None
         sd = {"trainable": model_sd, "task_rest": rest, "optimizer": optim_sds[0], "state": self.state.state_dict(),
               "ema": ema, "rng": rng_state(), "data": self.stream.state_dict() if self.stream else None}  # fmt: skip
@@ -233,8 +252,19 @@ class Trainer:
         loose = StateDictOptions(full_state_dict=True, strict=False)
         for phase, key in zip(self.phases, ("optimizer", "aux_optimizer"), strict=False):
             if ckpt.get(key) is not None:
-                set_optimizer_state_dict(self._root(phase.names), phase.optimizer, ckpt[key], options=loose)
-        self.task.load_state_dict(ckpt["task_rest"], strict=False)
+                root = self._root(phase.names)
+                set_optimizer_state_dict(root, phase.optimizer, ckpt[key], options=loose)
+                # loading first fakes a step of every parameter (zero gradient, lr 0) to create its state; such a
+                # parameter keeps no state, or its first real step would count as the second (Adam bias correction)
+                for name, p in root.named_parameters():
+                    if name not in ckpt[key]["state"]:
+                        phase.optimizer.state.pop(p, None)
+        teachers = self._teachers()
+        rest = {k: v for k, v in ckpt["task_rest"].items() if k.split(".", 1)[0] not in teachers}
+        self.task.load_state_dict(rest, strict=False)
+        if teachers:
+            mine = {k: v for k, v in ckpt["task_rest"].items() if k.split(".", 1)[0] in teachers}
+            set_model_state_dict(self._root(teachers), mine, options=opts)
         if self.ema is not None and ckpt.get("ema") is not None:
             set_model_state_dict(self.ema.module, ckpt["ema"], options=opts)
         saved = TrainState()
@@ -260,6 +290,9 @@ class Trainer:
         sd = self.state_dict()  # collective under FSDP: every rank takes part
         if self.info.is_main:
             save_checkpoint(self.ckpt_dir, self.state.step, sd, keep_last=self.cfg.keep_last)
+        if self.info.enabled:  # every rank returns once the checkpoint is on disk: a resume right after reads it
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            torch.distributed.barrier(device_ids=ids)
 
     def maybe_resume(self) -> bool:
         """Resume from the run directory's latest checkpoint, if any."""
@@ -312,6 +345,8 @@ class Trainer:
         if self.info.enabled:  # log the mean over ranks, not rank 0's share
             values = all_reduce_mean(torch.tensor(list(report.values()), dtype=torch.float64, device=self.device))
             report = dict(zip(report, values.tolist(), strict=True))
+        if self.info.enabled and self.cfg.strategy == "fsdp":  # parameters FSDP left out (0-d): average here
+            all_reduce_grads(unsharded_params(phase.params()))
         clip = phase.cfg.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(phase.params(), clip if clip > 0 else math.inf)
         finite = torch.tensor(float(math.isfinite(total) and bool(torch.isfinite(grad_norm))), device=self.device)

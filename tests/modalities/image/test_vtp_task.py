@@ -126,12 +126,14 @@ def test_logit_scale_is_clamped_after_each_step(tmp_path):
 
 
 def test_resumed_run_reaches_the_same_weights(tmp_path):
-    """Teacher, centers, masks and subsets all resume exactly (2 + 2 steps == 4 steps)."""
-    straight, _ = _run(tmp_path / "a")
+    """Teacher, centers, masks and subsets all resume exactly (2 + 2 steps == 4 steps), and so do the prototypes
+    that were still frozen at the checkpoint (no optimiser state there: their first step must count as the first)."""
+    frozen = "task.params.freeze_last_layer_steps=2"
+    straight, _ = _run(tmp_path / "a", frozen)
     straight.fit()
-    first, _ = _run(tmp_path / "b")
+    first, _ = _run(tmp_path / "b", frozen)
     first.fit(until=2)
-    second, task = _run(tmp_path / "b")  # same run_dir: resumes from step 2
+    second, task = _run(tmp_path / "b", frozen)  # same run_dir: resumes from step 2
     second.fit()
     a = straight.task.state_dict()
     b = task.state_dict()
