@@ -23,7 +23,7 @@ VARIANTS = {
     "ssl_ae": ["losses.groups.clip=0"],
 }
 EXAMPLES = """examples:
-  unitok-demo-pretrain                           # both runs with the recipe's budget, results in outputs/pretrain
+  unitok-demo-pretrain                           # both runs with the recipe's budget, results in outputs/demo
   unitok-demo-pretrain --steps 100 --out /tmp/quick
 """
 
@@ -69,7 +69,7 @@ def evaluate(model, train_probe, val, zero_shot: bool = True) -> dict[str, float
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="unitok-demo-pretrain", description=__doc__, epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--out", default="outputs/pretrain", help="output directory")
+    p.add_argument("--out", default="outputs/demo", help="output directory")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps per run (default: the recipe's)")
     p.add_argument("--recipe", default=str(RECIPE), help="recipe of the VTP run")
     p.add_argument("--variants", default="vtp,ae_only", help=f"comma-separated runs of {sorted(VARIANTS)}")

@@ -154,7 +154,10 @@ def _dist_worker(rank, world_size, init_file, init_from, out_dir):
             torch.save(sd["trainable"], f"{out_dir}/{strategy}.pt")
 
 
-DIST = ["train.steps=2", "task.params.adversarial.disc_start=1", "train.ckpt_every=100"]
+# eps 1e-6 (as the FSDP test of stage 1): with 1e-8, Adam's first steps turn fp32 summation-order noise of near-zero
+# gradients (different for fused / per-tensor / sharded AdamW) into differences of ~1e-5
+DIST = ["train.steps=2", "task.params.adversarial.disc_start=1", "train.ckpt_every=100", "optim.eps=1e-6",
+        "task.params.disc_optim.eps=1e-6"]  # fmt: skip
 
 
 def test_ddp_and_fsdp2_wrap_the_discriminator_and_match_one_process(stage1, tmp_path):
@@ -166,11 +169,13 @@ def test_ddp_and_fsdp2_wrap_the_discriminator_and_match_one_process(stage1, tmp_
     assert any(k.startswith("discriminator.") for k in ref)
     for strategy in ("ddp", "fsdp"):
         got = torch.load(tmp_path / f"{strategy}.pt", weights_only=False)
-        for k, v in ref.items():  # Adam's first steps amplify fp32 summation-order noise on near-zero gradients
-            assert torch.allclose(got[k], v, atol=1e-5), (strategy, k)
+        for k, v in ref.items():  # Adam's first steps amplify fp32 summation-order noise on near-zero gradients:
+            # 5e-5 is a quarter of one step's lr (2e-4), the size of a wrong update; measured worst 1.5e-5
+            assert torch.allclose(got[k], v, atol=5e-5), (strategy, k, (got[k] - v).abs().max().item())
         want, have = (
             read_metrics(tmp_path / "single" / "metrics.jsonl")[-1],
             read_metrics(tmp_path / strategy / "metrics.jsonl")[-1],
         )
-        for key in ("loss", "gan_weight", "gan_g", "disc_loss"):
-            assert have[key] == pytest.approx(want[key], rel=1e-5), (strategy, key)
+        for key in ("loss", "gan_weight", "gan_g", "disc_loss"):  # step 2 sees step 1's noise (measured 8.5e-5);
+            # a gradient left un-averaged over ranks changes the adaptive weight by ~sqrt(2)
+            assert have[key] == pytest.approx(want[key], rel=3e-4), (strategy, key)

@@ -59,6 +59,10 @@ def test_val_split_is_fixed_and_disjoint_from_train():
     train_digests = {_digest(train.pixels(i)) for i in range(400)}
     assert not train_digests & {_digest(v0.pixels(i)) for i in range(100)}
     assert len(ToyShapes("val")) == 1200 and len(ToyShapes("train")) == 10_000
+    nuisance = lambda ds, n: {
+        (s.size, s.position, s.texture, s.background) for s in (ds.sample(i).spec for i in range(n))
+    }  # noqa: E731
+    assert not nuisance(v0, 100) & nuisance(train, 400)  # held-out combinations, not just different draws
 
 
 def test_labels_captions_and_pixels_agree():
