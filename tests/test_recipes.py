@@ -21,6 +21,14 @@ def test_recipe_parses(recipe):
     assert cfg.losses.terms, "a recipe must state its loss weights"
 
 
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
+def test_crops_are_made_for_exactly_the_ssl_subset(recipe):
+    cfg = load_run_config(recipe)
+    crops = (cfg.data.params.get("multicrop") or {}).get("crops_per_batch", 0)
+    if crops:  # the VTP task refuses a mismatch at the first step; catch it before a cluster job starts
+        assert cfg.task.params["ssl_batch"] == crops < cfg.train.batch_size
+
+
 @pytest.mark.parametrize("name", list(RELEASED))
 def test_full_recipes_use_the_released_shapes(name):
     cfg = load_run_config(Path(__file__).resolve().parents[1] / "recipes" / "image" / f"{name}.yaml")
