@@ -128,7 +128,31 @@ def _mean_entropy(probs: torch.Tensor) -> torch.Tensor:
     return -torch.special.xlogy(probs, probs).sum(dim=-1).mean()
 
 
-class DINOLoss(nn.Module):
+class _CenteredTeacher(nn.Module):
+    """Shared by the DINO and iBOT losses: prototypes K, student temperature, and the EMA center of teacher logits
+    (buffer shape as DINOv2's: (1, K) for DINO, (1, 1, K) for iBOT) with its softmax-centering targets."""
+
+    center: torch.Tensor
+
+    def __init__(self, out_dim: int, student_temp: float, center_momentum: float, center_shape: tuple[int, ...]):
+        super().__init__()
+        self.out_dim, self.student_temp, self.center_momentum = out_dim, student_temp, center_momentum
+        self.register_buffer("center", torch.zeros(*center_shape, out_dim))
+
+    @torch.no_grad()
+    def softmax_center_teacher(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+        """(..., K) teacher logits -> softmax((logits - center) / τ_t) in fp32, same shape."""
+        return F.softmax((teacher_logits.float() - self.center.float().reshape(-1)) / teacher_temp, dim=-1)
+
+    def _ema_center(self, batch_center: torch.Tensor) -> None:
+        """center <- m · center + (1 - m) · batch_center, for a (K,) or center-shaped batch center."""
+        m = self.center_momentum
+        self.center.copy_(
+            (self.center.float().reshape(-1) * m + batch_center.reshape(-1) * (1 - m)).view_as(self.center)
+        )
+
+
+class DINOLoss(_CenteredTeacher):
     """DINO CLS-token loss with its teacher targets (centering or Sinkhorn-Knopp).
 
     Args:
@@ -137,17 +161,8 @@ class DINOLoss(nn.Module):
         center_momentum: EMA momentum of the center.
     """
 
-    center: torch.Tensor
-
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
-        super().__init__()
-        self.out_dim, self.student_temp, self.center_momentum = out_dim, student_temp, center_momentum
-        self.register_buffer("center", torch.zeros(1, out_dim))
-
-    @torch.no_grad()
-    def softmax_center_teacher(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
-        """(..., K) teacher logits -> softmax((logits - center) / τ_t) in fp32, same shape."""
-        return F.softmax((teacher_logits.float() - self.center.float().reshape(-1)) / teacher_temp, dim=-1)
+        super().__init__(out_dim, student_temp, center_momentum, (1,))
 
     @torch.no_grad()
     def sinkhorn_knopp_teacher(
@@ -166,9 +181,7 @@ class DINOLoss(nn.Module):
     def update_center(self, teacher_logits: torch.Tensor) -> None:
         """EMA of the mean teacher logit over all rows of all ranks: all-reduced sum / (local rows × world size)."""
         flat = teacher_logits.float().reshape(-1, teacher_logits.shape[-1])
-        batch_center = _all_reduce_(flat.sum(dim=0, keepdim=True)) / (flat.shape[0] * _world_size())
-        m = self.center_momentum
-        self.center.copy_(self.center.float() * m + batch_center * (1 - m))
+        self._ema_center(_all_reduce_(flat.sum(dim=0, keepdim=True)) / (flat.shape[0] * _world_size()))
 
     def _pair_sums(
         self, student_global: Views, student_local: Views | None, teacher_probs: Views
@@ -227,7 +240,7 @@ class DINOLoss(nn.Module):
         return out
 
 
-class iBOTPatchLoss(nn.Module):
+class iBOTPatchLoss(_CenteredTeacher):
     """iBOT masked-patch loss with its teacher targets (centering or Sinkhorn-Knopp).
 
     Args:
@@ -236,17 +249,8 @@ class iBOTPatchLoss(nn.Module):
         center_momentum: EMA momentum of the center.
     """
 
-    center: torch.Tensor
-
     def __init__(self, patch_out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
-        super().__init__()
-        self.out_dim, self.student_temp, self.center_momentum = patch_out_dim, student_temp, center_momentum
-        self.register_buffer("center", torch.zeros(1, 1, patch_out_dim))
-
-    @torch.no_grad()
-    def softmax_center_teacher(self, teacher_patch_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
-        """(..., K) teacher patch logits -> softmax((logits - center) / τ_t) in fp32, same shape."""
-        return F.softmax((teacher_patch_logits.float() - self.center.float().reshape(-1)) / teacher_temp, dim=-1)
+        super().__init__(patch_out_dim, student_temp, center_momentum, (1, 1))
 
     @torch.no_grad()
     def sinkhorn_knopp_teacher(
@@ -269,9 +273,7 @@ class iBOTPatchLoss(nn.Module):
         """
         flat = teacher_patch_logits.float().reshape(-1, self.out_dim)
         local = flat.mean(dim=0) if flat.shape[0] else self.center.float().reshape(-1)
-        batch_center = _all_reduce_(local.clone()) / _world_size()
-        m = self.center_momentum
-        self.center.copy_((self.center.float().reshape(-1) * m + batch_center * (1 - m)).reshape(self.center.shape))
+        self._ema_center(_all_reduce_(local.clone()) / _world_size())
 
     def forward_masked(
         self,
