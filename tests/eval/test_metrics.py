@@ -10,7 +10,7 @@ from unitok.eval.metrics.classification import (
     zero_shot_accuracy,
     zero_shot_classifier,
 )
-from unitok.eval.metrics.image import psnr
+from unitok.eval.metrics.image import psnr, ssim
 
 
 def test_psnr_of_known_arrays():
@@ -20,6 +20,49 @@ def test_psnr_of_known_arrays():
     assert math.isinf(psnr(a, a)[0].item())
     with pytest.raises(ValueError, match="same shape"):
         psnr(a, b[:, :, :2])
+
+
+def _ssim_by_formula(x, y, window=11, sigma=1.5):
+    """Slow SSIM straight from the definition: reflect-padded Gaussian-weighted local moments at every pixel."""
+    r = window // 2
+    t = torch.arange(window, dtype=torch.float64) - r
+    w = torch.exp(-(t**2) / (2 * sigma**2))
+    w = torch.outer(w, w) / torch.outer(w, w).sum()
+    pad = lambda a: torch.nn.functional.pad(a[None], (r, r, r, r), mode="reflect")[0]
+    xp, yp = pad(x.double()), pad(y.double())
+    c1, c2 = 0.01**2, 0.03**2
+    values = []
+    for c in range(x.shape[0]):
+        for i in range(x.shape[1]):
+            for j in range(x.shape[2]):
+                a, b = xp[c, i : i + window, j : j + window], yp[c, i : i + window, j : j + window]
+                ma, mb = (w * a).sum(), (w * b).sum()
+                va, vb = (w * (a - ma) ** 2).sum(), (w * (b - mb) ** 2).sum()
+                cov = (w * (a - ma) * (b - mb)).sum()
+                values.append((2 * ma * mb + c1) * (2 * cov + c2) / ((ma**2 + mb**2 + c1) * (va + vb + c2)))
+    return torch.stack(values).mean().item()
+
+
+def test_ssim_of_identical_images_is_one_and_matches_the_definition():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 16, 20, generator=g)
+    y = (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    assert ssim(x, x).tolist() == pytest.approx([1.0, 1.0], abs=1e-6)
+    scores = ssim(x, y)
+    assert (scores < 0.99).all()
+    assert scores[1].item() == pytest.approx(_ssim_by_formula(x[1], y[1]), abs=1e-5)
+    with pytest.raises(ValueError, match="same shape"):
+        ssim(x, y[:, :2])
+
+
+def test_ssim_matches_torchmetrics_as_the_official_tool_calls_it():
+    from torchmetrics.image import StructuralSimilarityIndexMeasure
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 3, 64, 48, generator=g)
+    y = (x * 0.8 + 0.2 * torch.rand(x.shape, generator=g)).clamp(0, 1)
+    reference = StructuralSimilarityIndexMeasure(data_range=1.0)(y, x).item()
+    assert ssim(y, x).mean().item() == pytest.approx(reference, abs=1e-5)
 
 
 def test_topk_and_zero_shot_accuracy():
