@@ -43,19 +43,18 @@ def test_full_recipes_use_the_released_shapes(name):
 def _shard_and_folder(folder: Path) -> Path:
     """``folder/00000.tar`` (two img2dataset samples) and one captioned image ``folder/00000.jpg``."""
     import io
-    import tarfile
 
     from PIL import Image
 
+    from unitok.testing import write_tar_shard
+
     folder.mkdir()
-    with tarfile.open(folder / "00000.tar", "w") as tar:
-        for i in range(2):
-            buf = io.BytesIO()
-            Image.new("RGB", (300, 280), (40 * i, 90, 200)).save(buf, "JPEG")
-            for ext, payload in (("jpg", buf.getvalue()), ("txt", f"caption {i}".encode())):
-                info = tarfile.TarInfo(f"{i:09d}.{ext}")
-                info.size = len(payload)
-                tar.addfile(info, io.BytesIO(payload))
+    groups = []
+    for i in range(2):
+        buf = io.BytesIO()
+        Image.new("RGB", (300, 280), (40 * i, 90, 200)).save(buf, "JPEG")
+        groups.append((f"{i:09d}", {"jpg": buf.getvalue(), "txt": f"caption {i}".encode()}))
+    write_tar_shard(folder / "00000.tar", groups)
     Image.new("RGB", (300, 280)).save(folder / "00000.jpg")
     (folder / "00000.txt").write_text("caption")
     return folder

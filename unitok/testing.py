@@ -73,3 +73,21 @@ def init_gloo(rank: int, world_size: int, init_file: str) -> None:
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+
+
+def write_tar_shard(path, groups: list[tuple[str, dict[str, bytes]]]) -> list[tuple[str, int]]:
+    """A webdataset tar shard: members ``{key}.{ext}`` in the given (img2dataset) order.
+
+    Returns (member name, data offset) of every member, for truncation tests.
+    """
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for key, members in groups:
+            for ext, payload in members.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    with tarfile.open(path) as tar:
+        return [(m.name, m.offset_data) for m in tar]

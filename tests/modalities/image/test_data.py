@@ -2,7 +2,6 @@ import io
 import itertools
 import json
 import logging
-import tarfile
 
 import pytest
 import torch
@@ -18,26 +17,13 @@ from unitok.modalities.image.data import (
     expand_braces,
     resolve_shards,
 )
+from unitok.testing import write_tar_shard
 
 
 def encode(color=(200, 30, 30), fmt="JPEG", size=(24, 16), mode="RGB") -> bytes:
     buf = io.BytesIO()
     Image.new(mode, size, color).save(buf, fmt)
     return buf.getvalue()
-
-
-def write_shard(path, groups: list[tuple[str, dict[str, bytes]]]) -> list[tuple[str, int]]:
-    """Write members in img2dataset order; returns (member name, data offset) for truncation tests."""
-    offsets = []
-    with tarfile.open(path, "w") as tar:
-        for key, members in groups:
-            for ext, data in members.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    with tarfile.open(path) as tar:
-        offsets = [(m.name, m.offset_data) for m in tar]
-    return offsets
 
 
 def good(key: str, fmt="JPEG", ext="jpg") -> tuple[str, dict[str, bytes]]:
@@ -67,7 +53,7 @@ def test_brace_expansion_and_shard_resolution(tmp_path):
     assert expand_braces("{a,b}/{1..2}") == ["a/1", "a/2", "b/1", "b/2"]
     assert expand_braces("{3..1}") == ["3", "2", "1"] and expand_braces("x{y}z") == ["x{y}z"]
     for i in range(3):
-        write_shard(tmp_path / f"shard-{i:05d}.tar", [good(f"{i}")])
+        write_tar_shard(tmp_path / f"shard-{i:05d}.tar", [good(f"{i}")])
     names = [str(tmp_path / f"shard-{i:05d}.tar") for i in range(3)]
     assert resolve_shards(str(tmp_path / "shard-{00000..00002}.tar")) == names
     assert resolve_shards(str(tmp_path / "shard-*.tar")) == names
@@ -90,9 +76,9 @@ def shards(tmp_path):
     shard 2: 2 good then a third sample whose image is cut off (truncated shard)."""
     s0 = [good("a0"), good("a1", "PNG", "png"), good("a2", "WEBP", "webp")]
     s0 += [("a3", {"jpg": b"\xff\xd8 garbage", "txt": b"corrupt"}), ("a4", {"jpg": encode()}), ("a5", {"txt": b"x"})]
-    write_shard(tmp_path / "s-0.tar", s0)
-    write_shard(tmp_path / "s-1.tar", [good("b0"), good("b1")])
-    offsets = write_shard(tmp_path / "s-2.tar", [good("c0"), good("c1"), good("c2")])
+    write_tar_shard(tmp_path / "s-0.tar", s0)
+    write_tar_shard(tmp_path / "s-1.tar", [good("b0"), good("b1")])
+    offsets = write_tar_shard(tmp_path / "s-2.tar", [good("c0"), good("c1"), good("c2")])
     cut = dict(offsets)["c2.jpg"] + 100
     data = (tmp_path / "s-2.tar").read_bytes()
     (tmp_path / "s-2.tar").write_bytes(data[:cut])
@@ -118,7 +104,7 @@ def test_reads_good_samples_and_counts_skips(shards, caplog):
 @pytest.mark.parametrize("where", ["inside_image", "inside_caption", "after_caption", "inside_header", "one_block"])
 def test_truncated_last_member_never_crashes(tmp_path, where):
     path = tmp_path / "t.tar"
-    offsets = dict(write_shard(path, [good("k0"), good("k1")]))
+    offsets = dict(write_tar_shard(path, [good("k0"), good("k1")]))
     data = path.read_bytes()
     cut = {
         "inside_image": offsets["k1.jpg"] + 50,
@@ -138,7 +124,7 @@ def test_truncated_last_member_never_crashes(tmp_path, where):
 
 def test_rank_and_worker_split_is_disjoint_complete_and_deterministic(tmp_path):
     for i in range(8):
-        write_shard(tmp_path / f"d-{i}.tar", [good(f"{i}-0"), good(f"{i}-1")])
+        write_tar_shard(tmp_path / f"d-{i}.tar", [good(f"{i}-0"), good(f"{i}-1")])
     ds = WebDatasetShards(str(tmp_path / "d-{0..7}.tar"), seed=5)
     parts = [
         [s["key"] for s in ds.iterate(rank=r, world_size=2, worker_id=w, num_workers=2)] for r in (0, 1) for w in (0, 1)
@@ -165,7 +151,7 @@ def test_rank_and_worker_split_is_disjoint_complete_and_deterministic(tmp_path):
 
 def test_real_dataloader_workers_read_each_sample_once(tmp_path):
     for i in range(4):
-        write_shard(tmp_path / f"w-{i}.tar", [good(f"{i}-{j}") for j in range(3)])
+        write_tar_shard(tmp_path / f"w-{i}.tar", [good(f"{i}-{j}") for j in range(3)])
     ds = WebDatasetShards(str(tmp_path / "w-*.tar"), transform=to_tensor)
     loader = DataLoader(ds, batch_size=4, num_workers=2, collate_fn=collate_image_text)
     batches = list(loader)
@@ -175,7 +161,7 @@ def test_real_dataloader_workers_read_each_sample_once(tmp_path):
 
 
 def test_shuffle_buffer_repeat_and_too_few_shards(tmp_path, caplog):
-    write_shard(tmp_path / "r-0.tar", [good(f"{j}") for j in range(10)])
+    write_tar_shard(tmp_path / "r-0.tar", [good(f"{j}") for j in range(10)])
     plain = [s["key"] for s in WebDatasetShards([tmp_path / "r-0.tar"])]
     shuffled = [s["key"] for s in WebDatasetShards([tmp_path / "r-0.tar"], shuffle_buffer=4, seed=1)]
     again = [s["key"] for s in WebDatasetShards([tmp_path / "r-0.tar"], shuffle_buffer=4, seed=1)]

@@ -5,7 +5,6 @@ import io
 import itertools
 import json
 import pickle
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -16,19 +15,11 @@ import unitok.modalities.image.data as data_module
 from unitok.engine.stream import StreamBatches
 from unitok.modalities.image.builders import build_webdataset_dataset
 from unitok.modalities.image.data import WebDatasetShards, collate_image_text
+from unitok.testing import write_tar_shard
 from unitok.train import build_run, load_run_config
 
 REPO = Path(__file__).resolve().parents[3]
 N_SHARDS, PER_SHARD = 6, 6
-
-
-def write_shard(path: Path, groups: list[tuple[str, dict[str, bytes]]]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for key, members in groups:
-            for ext, payload in members.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(payload)
-                tar.addfile(info, io.BytesIO(payload))
 
 
 def write_img2dataset_shards(root: Path, n_shards: int = N_SHARDS, per_shard: int = PER_SHARD) -> str:
@@ -46,7 +37,7 @@ def write_img2dataset_shards(root: Path, n_shards: int = N_SHARDS, per_shard: in
             groups[3] = (groups[3][0], {"jpg": b"\xff\xd8 not a jpeg", "txt": b"corrupt"})
         if s == 4:
             del groups[1][1]["txt"]
-        write_shard(root / f"{s:05d}.tar", groups)
+        write_tar_shard(root / f"{s:05d}.tar", groups)
     return str(root / f"{{00000..{n_shards - 1:05d}}}.tar")
 
 
