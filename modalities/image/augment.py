@@ -34,8 +34,8 @@ CROP_KEYS = ("crop_source", "crop_seed")  # per-sample keys of the deferred crop
 
 @contextlib.contextmanager
 def single_threaded():
-    """Run tiny tensor ops (the blur's 9x9 convolution on one crop) on one intra-op thread: with the trainer's
-    2 threads they are 20x slower on a 2-core CPU (thread start-up dominates a microsecond kernel)."""
+    """Run tiny tensor ops (the blur's 9x9 convolution on one crop) on one intra-op thread: with several threads,
+    thread start-up dominates such a microsecond kernel and they are many times slower."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

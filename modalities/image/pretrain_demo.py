@@ -25,6 +25,7 @@ VARIANTS = {
 EXAMPLES = """examples:
   unitok-demo-pretrain                           # both runs with the recipe's budget, results in outputs/demo
   unitok-demo-pretrain --steps 100 --out /tmp/quick
+  unitok-demo-pretrain --variants ae_only --set model.overrides.decoder_embed_dim=64 --out /tmp/ae_dec64
 """
 
 
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=None, help="optimiser steps per run (default: the recipe's)")
     p.add_argument("--recipe", default=str(RECIPE), help="recipe of the VTP run")
     p.add_argument("--variants", default="vtp,ae_only", help=f"comma-separated runs of {sorted(VARIANTS)}")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="recipe overrides for every run, e.g. model.overrides.decoder_embed_dim=64")  # fmt: skip
     p.add_argument("--probe-train", type=int, default=2400, help="training images of the linear probe")
     p.add_argument("--val", type=int, default=1200, help="validation images (zero-shot, probe, PSNR)")
     args = p.parse_args(argv)
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     results, recons = {}, []
     for name in args.variants.split(","):
-        overrides = [f"run_dir={out / name}", *VARIANTS[name]]
+        overrides = [f"run_dir={out / name}", *VARIANTS[name], *args.set]
         if args.steps is not None:
             overrides.append(f"train.steps={args.steps}")
         cfg = load_run_config(args.recipe, overrides)

@@ -30,10 +30,9 @@ COLORS = {
     "purple": (140, 60, 190), "orange": (240, 140, 30), "cyan": (40, 200, 210), "pink": (240, 120, 180),
 }  # fmt: skip
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
-# Shape diameters as fractions of the image side. Small shapes (0.28) made shape hard for a ViT with 16-px patches
-# on 64-px images: a supervised probe of the tiny demo ViT reached 58% shape accuracy after 1500 steps at
-# 0.28/0.5 and 89% at 0.45/0.7 (2-core CPU, scratch measurement). A large shape at a corner position overlaps the
-# border by 1.6 px at 64 px.
+# Shape diameters as fractions of the image side. GUESS from informal tuning runs: with small shapes (0.28 / 0.5)
+# a ViT with 16-px patches on 64-px images learned shape far more slowly than at 0.45 / 0.7. A large shape at a
+# corner position overlaps the border by 1.6 px at 64 px.
 SIZES = {"small": 0.45, "large": 0.65}
 POSITIONS = {
     "top left": (0.3, 0.3), "top right": (0.7, 0.3), "center": (0.5, 0.5),
@@ -171,8 +170,8 @@ TEMPLATES = (
 )
 CAPTION_NUISANCE = ("size", "texture", "position", "background")
 DEFAULT_NUM_SAMPLES = {"train": 10_000, "val": 1_200}
-# Continuous jitter on top of the named attributes. No position jitter: a jitter of 0.05 (3 px at 64 px) slowed
-# shape learning of the demo ViT from 89% to 73% in the same 1500 steps (the same scratch measurement as SIZES).
+# Continuous jitter on top of the named attributes. No position jitter: in the same informal runs a jitter of
+# 0.05 (3 px at 64 px) clearly slowed shape learning.
 MAX_OFFSET = 0.0
 SCALE_RANGE = (0.85, 1.1)
 
@@ -180,7 +179,7 @@ SCALE_RANGE = (0.85, 1.1)
 def _nuisance_combinations(held_out: bool) -> list[tuple[str, str, str, str]]:
     """(size, position, texture, background) combinations of a split: validation holds out the 18 of 90 whose
     attribute indices sum to 0 mod 5 (every attribute value still occurs in both splits), so no validation image
-    equals a training image; with free combinations, 45% of them did at 64 px (the attribute space is small)."""
+    equals a training image (with free combinations, many did: the attribute space is small)."""
     combos = itertools.product(*(enumerate(a) for a in (SIZES, POSITIONS, TEXTURES, BACKGROUNDS)))
     return [tuple(v for _, v in c) for c in combos if (sum(i for i, _ in c) % 5 == 0) == held_out]
 
