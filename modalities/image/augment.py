@@ -140,12 +140,12 @@ class MultiCropAugmentation:
         return v2.Compose(steps)
 
     def crops(self, image: Image.Image | torch.Tensor) -> dict[str, list[torch.Tensor]]:
-        """One image -> {"global_crops": [2 x (3, G, G)], "local_crops": [n x (3, L, L)]}."""
-        with single_threaded():
-            return {
-                "global_crops": [self.global_1(image), self.global_2(image)],
-                "local_crops": [self.local(image) for _ in range(self.n_local)],
-            }
+        """One image -> {"global_crops": [2 x (3, G, G)], "local_crops": [n x (3, L, L)]} (callers run it on one
+        thread, :func:`single_threaded`, once per sample or batch)."""
+        return {
+            "global_crops": [self.global_1(image), self.global_2(image)],
+            "local_crops": [self.local(image) for _ in range(self.n_local)],
+        }
 
     def __call__(self, image: Image.Image | torch.Tensor) -> dict[str, Any]:
         """One image -> crops (or, with ``crops_per_batch``, the source and a crop seed) and ``"image"`` (3, S, S).
@@ -156,7 +156,8 @@ class MultiCropAugmentation:
         if self.crops_per_batch:
             out: dict[str, Any] = {"crop_source": image, "crop_seed": int(torch.randint(0, 2**62, ()))}
         else:
-            out = self.crops(image)
+            with single_threaded():
+                out = self.crops(image)
         if self.view is not None:
             out["image"] = self.view(image)
         return out
@@ -168,10 +169,11 @@ class MultiCropAugmentation:
         if not samples:
             raise ValueError("cannot collate an empty list of samples")
         crops = []
-        for s in samples[: self.crops_per_batch]:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(s["crop_seed"])
-                crops.append(self.crops(s["crop_source"]))
+        with single_threaded():
+            for s in samples[: self.crops_per_batch]:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(s["crop_seed"])
+                    crops.append(self.crops(s["crop_source"]))
         batch = collate_image_text([{k: v for k, v in s.items() if k not in CROP_KEYS} for s in samples])
         batch.update(collate_multicrop(crops))
         return batch
