@@ -107,14 +107,19 @@ def load_pretrained(path: str | os.PathLike, **kwargs: Any):
     """Load a pretrained directory (``config.json`` + ``model.safetensors``), dispatching on ``model_type``.
 
     Released VTP checkpoints (``model_type: "vtp"``) and directories written by ``save_pretrained`` both load.
+    The directory's ``latents_stats.pt`` (see :mod:`unitok.latent_stats`), when present, becomes
+    ``model.latent_stats`` (None otherwise): a plain attribute, not a buffer, so the state dict is unchanged.
     """
+    from unitok.latent_stats import load_from_checkpoint
     from unitok.models.pretrained import read_config
 
     cfg = read_config(path)
     model_type = cfg.get("model_type")
     if model_type is None:
         raise ValueError(f"{path}/config.json has no 'model_type' (known: {', '.join(MODEL_TYPES.names())})")
-    return MODEL_TYPES.get(model_type).from_pretrained(path, **kwargs)
+    model = MODEL_TYPES.get(model_type).from_pretrained(path, **kwargs)
+    model.latent_stats = load_from_checkpoint(path)
+    return model
 
 
 def list_models_cli(argv: list[str] | None = None) -> None:
