@@ -80,6 +80,18 @@ DATASETS = Registry(
     },
 )
 
+#: evaluation suites: ``<modality>.<protocol>`` -> Suite (``unitok-eval SUITE``); speech suites join as ``speech.*``
+SUITES = Registry(
+    "eval suite",
+    {
+        "image.zeroshot": "unitok.eval.suites.image_zeroshot:SUITE",
+        "image.linear_probe": "unitok.eval.suites.image_linear_probe:SUITE",
+        "image.knn": "unitok.eval.suites.image_knn:SUITE",
+        "image.reconstruction": "unitok.eval.suites.image_reconstruction:SUITE",
+        "image.latent_stats": "unitok.eval.suites.image_latent_stats:SUITE",
+    },
+)
+
 
 def _register_presets() -> None:
     from unitok.models.presets import PRESETS

@@ -75,19 +75,26 @@ def git_sha() -> str:
         return "unknown"
 
 
-def build_run(cfg: RunConfig, info=None):
-    """(trainer, task) for a configuration."""
+def build_task(cfg: RunConfig):
+    """The task of a configuration (its model freshly initialised with the run's seed)."""
     import torch
 
     import unitok
-    from unitok.engine.distributed import DistInfo
-    from unitok.engine.trainer import Trainer
-    from unitok.registry import DATASETS, TASKS
+    from unitok.registry import TASKS
 
-    info = info or DistInfo()
     torch.manual_seed(cfg.train.seed)
     model = unitok.create_model(cfg.model.name, **cfg.model.overrides)
-    task = TASKS.get(cfg.task.name)(cfg, model, cfg.task.params)
+    return TASKS.get(cfg.task.name)(cfg, model, cfg.task.params)
+
+
+def build_run(cfg: RunConfig, info=None):
+    """(trainer, task) for a configuration."""
+    from unitok.engine.distributed import DistInfo
+    from unitok.engine.trainer import Trainer
+    from unitok.registry import DATASETS
+
+    info = info or DistInfo()
+    task = build_task(cfg)
     dataset, collate = DATASETS.get(cfg.data.name)(cfg.data.params, split="train")
     trainer = Trainer(task, dataset, collate, cfg.optim, cfg.train, cfg.run_dir, info)
     return trainer, task

@@ -16,6 +16,7 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -346,3 +347,53 @@ class ToyShapes(Dataset):
             else:
                 out["image"] = result
         return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The embedded set as an ImageFolder tree (for the evaluation CLI, which reads real folders).
+
+
+def write_image_folder(root: str | Path, splits: dict[str, int] | None = None, size: int = 64, seed: int = 0) -> Path:
+    """Write ToyShapes splits as ``root/<split>/<NN_class_name>/<index>.png`` plus ``classnames.txt`` and
+    ``templates.txt`` (the zero-shot class names in folder order and the prompt templates).
+
+    Args:
+        splits: samples per split, default ``{"train": 2400, "val": 1200}`` (the pre-training demo's probe sizes).
+        size: image side; seed: the training stream's seed (validation is fixed).
+    """
+    root = Path(root)
+    splits = splits or {"train": 2400, "val": 1200}
+    names = None
+    for split, n in splits.items():
+        ds = ToyShapes(split, size=size, num_samples=n, seed=seed, transform=None, cache=False)
+        names = ds.classnames
+        folders = [f"{i:02d}_{name.replace(' ', '_')}" for i, name in enumerate(names)]
+        for folder in folders:
+            (root / split / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(ds.pixels(i)).save(root / split / folders[ds.sample(i).label] / f"{i:06d}.png")
+    (root / "classnames.txt").write_text("\n".join(names) + "\n")
+    (root / "templates.txt").write_text("\n".join(TEMPLATES) + "\n")
+    return root
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m unitok.modalities.image.toy",
+        description="Write the embedded ToyShapes images as an ImageFolder tree (train/ and val/, classnames.txt, "
+        "templates.txt) for unitok-eval.",
+        epilog="example: python -m unitok.modalities.image.toy data/toy_shapes --train 2400 --val 1200",
+    )
+    p.add_argument("root", help="output folder")
+    p.add_argument("--train", type=int, default=2400, help="training images (linear probe, kNN)")
+    p.add_argument("--val", type=int, default=1200, help="validation images")
+    p.add_argument("--size", type=int, default=64)
+    args = p.parse_args(argv)
+    root = write_image_folder(args.root, {"train": args.train, "val": args.val}, size=args.size)
+    print(f"wrote {args.train} + {args.val} images of {args.size} px under {root}")
+
+
+if __name__ == "__main__":
+    main()

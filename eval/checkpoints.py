@@ -1,0 +1,143 @@
+"""Open any tokenizer checkpoint for evaluation: a pretrained directory, a ``unitok-train`` run or a train-state file.
+
+Accepted ``--ckpt`` values:
+    * a pretrained directory (``config.json`` + ``model.safetensors``): a released VTP checkpoint or anything written
+      by ``save_pretrained``, loaded by :func:`unitok.load_pretrained`;
+    * a ``unitok-train`` run directory: its exported ``model/`` when present, else its latest train checkpoint;
+    * a train-state file ``RUN/checkpoints/step_XXXXXXXX.pt`` (or ``latest``): the model is rebuilt from the run's
+      ``config.yaml`` and given the exported weights (the EMA when the run kept one), exactly what the run would
+      have exported at that step.
+The run's ``config.yaml`` also tells how the model sees its data (the task's adapter settings), which a bare
+autoencoder checkpoint does not record.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+RUN_CONFIG = "config.yaml"
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A model ready for evaluation and where it came from.
+
+    Attributes:
+        model: the exported model in eval mode (e.g. ``VTPModel`` or ``TransformerAutoencoder``).
+        path: the resolved path given by the user.
+        kind: 'pretrained_dir' | 'run_dir' | 'train_state'.
+        name: a short label (the run or directory name).
+        adapter_params: the training task's adapter settings when known (``modality``, ``patch_size``, ...).
+        identity: what makes results of this checkpoint cacheable (weights file, size, mtime, step).
+    """
+
+    model: nn.Module
+    path: str
+    kind: str
+    name: str
+    adapter_params: dict[str, Any] = field(default_factory=dict)
+    identity: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_type(self) -> str:
+        return getattr(self.model, "model_type", type(self.model).__name__)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-friendly description for result files."""
+        return {"path": self.path, "name": self.name, "kind": self.kind, "model_type": self.model_type,
+                **({"step": self.identity["step"]} if "step" in self.identity else {})}  # fmt: skip
+
+
+def _file_identity(path: Path) -> dict[str, Any]:
+    st = path.stat()
+    return {"file": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _run_adapter_params(run_dir: Path) -> tuple[dict[str, Any], Any]:
+    """(task adapter params, RunConfig) of a run directory, or ({}, None) when it has no config.yaml."""
+    if not (run_dir / RUN_CONFIG).is_file():
+        return {}, None
+    from unitok.train import load_run_config
+
+    cfg = load_run_config(run_dir / RUN_CONFIG)
+    params = {k: v for k, v in cfg.task.params.items() if k in ("modality", "patch_size", "in_chans", "mean", "std")}
+    return params, cfg
+
+
+def _from_pretrained_dir(path: Path, kind: str, name: str) -> LoadedCheckpoint:
+    import unitok
+
+    model = unitok.load_pretrained(path).eval()
+    run_dir = path.parent if kind == "run_dir" else path
+    params, _ = _run_adapter_params(run_dir)
+    return LoadedCheckpoint(model, str(path), kind, name, params, _file_identity(path / "model.safetensors"))
+
+
+def _exported_weights(ckpt: dict[str, Any], qualified_name: str) -> dict[str, torch.Tensor]:
+    """The exported model's weights in a trainer checkpoint: the EMA when kept, else its slice of the trainables."""
+    if ckpt.get("ema") is not None:
+        return ckpt["ema"]
+    prefix = f"{qualified_name}."
+    weights = {k[len(prefix) :]: v for k, v in ckpt["trainable"].items() if k.startswith(prefix)}
+    if not weights:
+        raise ValueError(f"the checkpoint holds no weights under {prefix!r} (keys: {list(ckpt['trainable'])[:4]})")
+    return weights
+
+
+def _from_train_state(file: Path) -> LoadedCheckpoint:
+    from unitok.engine.checkpoint import load_checkpoint
+    from unitok.models.pretrained import load_state_dict_strict
+    from unitok.train import build_task
+
+    run_dir = file.parent.parent
+    params, cfg = _run_adapter_params(run_dir)
+    if cfg is None:
+        raise FileNotFoundError(
+            f"{file} is a train-state checkpoint but {run_dir / RUN_CONFIG} is missing: the model cannot be rebuilt "
+            "without the run's configuration"
+        )
+    task = build_task(cfg)
+    ckpt = load_checkpoint(file)
+    model = task.export_model()
+    qualified = next(name for name, module in task.named_modules() if module is model)  # e.g. "student.model"
+    load_state_dict_strict(model, _exported_weights(ckpt, qualified), source=str(file))
+    step = int(ckpt.get("state", {}).get("step", -1))
+    identity = {**_file_identity(file), "step": step}
+    return LoadedCheckpoint(model.eval(), str(file), "train_state", f"{run_dir.name}@{step}", params, identity)
+
+
+def load_checkpoint_for_eval(path: str | os.PathLike) -> LoadedCheckpoint:
+    """Resolve ``path`` (see the module docstring) and load the model it holds, in eval mode on the CPU."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(
+            f"checkpoint {str(p)!r} does not exist: pass a pretrained directory (config.json + model.safetensors), "
+            "a unitok-train run directory or one of its checkpoints/step_*.pt files"
+        )
+    if p.is_file() and p.name in ("config.json", "model.safetensors"):
+        p = p.parent
+    if p.is_dir() and (p / "config.json").is_file():
+        return _from_pretrained_dir(p, "pretrained_dir", p.name if p.name != "model" else p.parent.name)
+    if p.is_dir() and (p / "model" / "config.json").is_file():
+        return _from_pretrained_dir(p / "model", "run_dir", p.name)
+    if p.is_dir() and (p / "checkpoints").is_dir():
+        from unitok.engine.checkpoint import latest_checkpoint
+
+        latest = latest_checkpoint(p / "checkpoints")
+        if latest is None:
+            raise FileNotFoundError(f"run directory {p} has neither an exported model/ nor a checkpoint yet")
+        return _from_train_state(latest)
+    if p.is_file() and p.name == "latest":
+        return _from_train_state(p.parent / p.read_text().strip())
+    if p.is_file() and p.suffix == ".pt":
+        return _from_train_state(p)
+    raise ValueError(
+        f"{p} is not a checkpoint: expected a directory with config.json (+ model.safetensors), a run directory "
+        "with model/ or checkpoints/, or a checkpoints/step_*.pt file"
+    )

@@ -1,0 +1,118 @@
+"""Resumable, data-parallel extraction of per-sample outputs (features, metrics), cached on disk in chunks.
+
+The samples are cut into chunks of ``chunk_size`` consecutive indices; chunk ``k`` belongs to rank
+``k % world_size``. Each rank runs its chunks that are not on disk yet and writes each one atomically as soon as
+it is complete, so a killed evaluation restarts where it stopped, and a second evaluation with the same key (same
+checkpoint, data and settings) reads everything back without running the model. After a barrier every rank reads
+all chunks in index order, so reductions are over all samples exactly (never a mean of per-rank means), and the
+result does not depend on the number of ranks or the batch size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from unitok.engine.checkpoint import atomic_torch_save
+from unitok.eval.context import EvalContext
+
+Batch = dict[str, Any]
+
+
+def cache_key_dir(ctx: EvalContext, name: str, key: dict[str, Any]) -> Path:
+    """``cache_root/<name>-<hash of key>``, with the key written beside the chunks for people to read."""
+    text = json.dumps(key, sort_keys=True, default=str)
+    folder = ctx.cache_root / f"{name}-{hashlib.sha1(text.encode()).hexdigest()[:16]}"
+    if ctx.dist.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = folder / "key.json"
+        if not meta.exists():
+            meta.write_text(json.dumps(key, indent=2, sort_keys=True, default=str) + "\n")
+    ctx.barrier()
+    return folder
+
+
+def _chunk_path(folder: Path, k: int) -> Path:
+    return folder / f"chunk_{k:06d}.pt"
+
+
+def _batches_of(ranges: Sequence[range], batch_size: int) -> list[list[int]]:
+    out = []
+    for r in ranges:
+        out += [list(r[i : i + batch_size]) for i in range(0, len(r), batch_size)]
+    return out
+
+
+def extract(
+    ctx: EvalContext,
+    dataset: Dataset,
+    fn: Callable[[Batch], dict[str, torch.Tensor]],
+    name: str,
+    key: dict[str, Any],
+    collate_fn: Callable | None = None,
+    desc: str | None = None,
+) -> dict[str, torch.Tensor]:
+    """Run ``fn`` over ``dataset`` in batches (all ranks), cache per chunk, return every sample's outputs in order.
+
+    Args:
+        dataset: map-style; sample ``i`` of every rank is the same.
+        fn: a collated batch -> dict of tensors whose first dim is the batch (moved to CPU and cached).
+        name: cache folder prefix (e.g. the suite name and split).
+        key: everything the outputs depend on (checkpoint identity, data digest, settings): a new key, a new cache.
+    """
+    opts = ctx.options
+    folder = cache_key_dir(ctx, name, key)
+    n = len(dataset)
+    chunks = [range(s, min(s + opts.chunk_size, n)) for s in range(0, n, opts.chunk_size)]
+    mine = [k for k in range(len(chunks)) if k % ctx.dist.world_size == ctx.dist.rank]
+    todo = [k for k in mine if not _chunk_path(folder, k).is_file()]
+    if todo:
+        _run_chunks(ctx, dataset, fn, folder, [(k, chunks[k]) for k in todo], collate_fn, desc or name)
+    elif ctx.dist.is_main:
+        print(f"{desc or name}: all {len(chunks)} chunks cached in {folder}", flush=True)
+    ctx.barrier()
+    parts = [torch.load(_chunk_path(folder, k), map_location="cpu", weights_only=True) for k in range(len(chunks))]
+    if not parts:
+        return {}
+    return {field: torch.cat([p[field] for p in parts]) for field in parts[0]}
+
+
+def _run_chunks(ctx, dataset, fn, folder: Path, todo: list[tuple[int, range]], collate_fn, desc: str) -> None:
+    from tqdm.auto import tqdm
+
+    opts = ctx.options
+    batches = _batches_of([r for _, r in todo], opts.batch_size)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=opts.num_workers,
+        collate_fn=collate_fn,
+        pin_memory=ctx.device.type == "cuda",
+        persistent_workers=False,
+    )
+    bar = tqdm(
+        total=sum(len(r) for _, r in todo), desc=desc, unit="img", disable=not (opts.progress and ctx.dist.is_main)
+    )
+    pending: dict[str, list[torch.Tensor]] = {}
+    chunk_iter = iter(todo)
+    k, r = next(chunk_iter)
+    filled = 0
+    with torch.inference_mode():
+        for batch in loader:
+            out = fn(batch)
+            size = len(next(iter(out.values())))
+            for field, value in out.items():
+                pending.setdefault(field, []).append(value.detach().to("cpu"))
+            filled += size
+            bar.update(size)
+            if filled == len(r):  # batches never cross chunk boundaries
+                atomic_torch_save({f: torch.cat(v) for f, v in pending.items()}, _chunk_path(folder, k))
+                pending, filled = {}, 0
+                k, r = next(chunk_iter, (None, range(0)))
+    bar.close()
