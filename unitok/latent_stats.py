@@ -204,6 +204,17 @@ class LatentStatsAccumulator:
         count = torch.full_like(mean, float(x.shape[0]))
         self._merge(count.cpu(), mean.cpu(), m2.cpu())
 
+    def add_moments(self, count: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor) -> LatentStatsAccumulator:
+        """Fold K groups given by their own per-channel moments, each (K, C) or (C,): count, mean and M2 (e.g.
+        per-image moments cached by an interrupted pass); exact, in float64. Returns self."""
+        count, mean, m2 = (t.detach().double().cpu().reshape(-1, self.num_channels) for t in (count, mean, m2))
+        total = count.sum(0)
+        safe = torch.where(total > 0, total, torch.ones_like(total))
+        pooled = (count * mean).sum(0) / safe
+        spread = m2.sum(0) + (count * (mean - pooled).square()).sum(0)
+        self._merge(total, pooled, spread)
+        return self
+
     def merge(self, other: LatentStatsAccumulator) -> LatentStatsAccumulator:
         """Fold another accumulator's data into this one (exact); returns self."""
         if other.num_channels != self.num_channels:

@@ -91,3 +91,17 @@ def write_tar_shard(path, groups: list[tuple[str, dict[str, bytes]]]) -> list[tu
                 tar.addfile(info, io.BytesIO(payload))
     with tarfile.open(path) as tar:
         return [(m.name, m.offset_data) for m in tar]
+
+
+#: configuration overrides of a VTP small enough for CPU tests (32-px images, a 2x2 grid of 8-channel latents)
+TINY_VTP_OVERRIDES = dict(image_size=32, vision_embed_dim=32, vision_depth=2, vision_num_heads=2,
+                          vision_feature_bottleneck=8, text_context_length=16, text_embed_dim=32, text_depth=1,
+                          text_num_heads=2, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)  # fmt: skip
+
+
+def tiny_vtp(seed: int = 0, **overrides: Any):
+    """A randomly initialised tiny VTP model (CLIP head and decoder included), in eval mode."""
+    import unitok
+
+    torch.manual_seed(seed)
+    return unitok.create_model("vtp_s_f16d64", **{**TINY_VTP_OVERRIDES, **overrides}).eval()

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from unitok.latent_stats import stats_for
 from unitok.modalities.image.adapter import ImageAdapter
 
 
@@ -82,16 +83,24 @@ class ImageTokenizer:
         return self
 
     # ------------------------------------------------------------------------------------------ latents
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) normalised images -> (B, L, h, w) latents (raw: no statistics applied)."""
-        if self.is_vtp:
-            return self.model.get_reconstruction_latents(images)
-        tokens = self.adapter.patchify(images)
-        return self.adapter.tokens_to_grid(self.autoencoder.encode(tokens).x, tokens.meta["grid"])
+    def encode(self, images: torch.Tensor, normalize_latents: bool = False) -> torch.Tensor:
+        """(B, 3, H, W) normalised images -> (B, L, h, w) latents.
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        ``normalize_latents`` applies the checkpoint's latent statistics (``(z - mean) / std · multiplier``, what a
+        diffusion model is trained on); :meth:`decode` with ``denormalize_latents`` inverts it.
+        """
+        if self.is_vtp:
+            z = self.model.get_reconstruction_latents(images)
+        else:
+            tokens = self.adapter.patchify(images)
+            z = self.adapter.tokens_to_grid(self.autoencoder.encode(tokens).x, tokens.meta["grid"])
+        return stats_for(self.model).normalize(z) if normalize_latents else z
+
+    def decode(self, latents: torch.Tensor, denormalize_latents: bool = False) -> torch.Tensor:
         """(B, L, h, w) latents -> (B, 3, H, W) images in the normalised input space."""
         self.require("decoder")
+        if denormalize_latents:
+            latents = stats_for(self.model).denormalize(latents)
         if self.is_vtp:
             return self.model.get_latents_decoded_images(latents)
         tokens = self.adapter.grid_tokens(latents)

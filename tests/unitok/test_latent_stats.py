@@ -129,6 +129,17 @@ def test_merge_and_state_dict_round_trip_equal_one_pass():
         a.merge(LatentStatsAccumulator(2))
 
 
+def test_add_moments_of_per_image_groups_equals_one_pass():
+    z = torch.randn(7, 3, 4, 4, dtype=torch.float64) * 0.2 + torch.tensor([0.0, 1e3, -3.0]).reshape(1, 3, 1, 1)
+    flat = z.movedim(1, -1).reshape(7, -1, 3)  # per-image groups of 16 values per channel
+    mean = flat.mean(1)
+    m2 = (flat - mean[:, None]).square().sum(1)
+    acc = LatentStatsAccumulator(3).add_moments(torch.full((7, 3), 16.0), mean, m2)
+    ref_mean, ref_std = _reference(z)
+    assert torch.allclose(acc.mean, ref_mean, rtol=1e-12) and torch.allclose(acc.std(), ref_std, rtol=1e-10)
+    assert acc.count.tolist() == [112.0] * 3
+
+
 def test_compute_needs_two_values():
     acc = LatentStatsAccumulator(2)
     acc.update(torch.zeros(1, 2, 1, 1))
