@@ -74,7 +74,7 @@ def _from_pretrained_dir(path: Path, kind: str, name: str) -> LoadedCheckpoint:
     import unitok
 
     model = unitok.load_pretrained(path).eval()
-    run_dir = path.parent if kind == "run_dir" else path
+    run_dir = path.parent if path.name == "model" else path  # a run's exported model/ sits beside config.yaml
     params, _ = _run_adapter_params(run_dir)
     return LoadedCheckpoint(model, str(path), kind, name, params, _file_identity(path / "model.safetensors"))
 

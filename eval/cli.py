@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         from unitok.eval.report import compare_main
 
         return compare_main(argv[1:])
-    args = _parser().parse_args(argv)
+    args = _parser().parse_intermixed_args(argv)
     from unitok.config import ConfigError
     from unitok.engine.distributed import cleanup
 

@@ -37,14 +37,14 @@ class ImageTokenizer:
             self.autoencoder = model.autoencoder
             self.image_size = int(model.config.image_size)
         else:
+            if model.cfg.encoder.coord_ndim != 2:
+                raise ValueError(
+                    f"{type(model).__name__} is not an image tokenizer (its encoder uses "
+                    f"{model.cfg.encoder.coord_ndim}-d coordinates, images need 2-d)"
+                )
             self.autoencoder = model
             self.adapter = _autoencoder_adapter(model, adapter_params or {})
             self.image_size = None  # any multiple of the patch size
-        if self.autoencoder.cfg.encoder.coord_ndim != 2:
-            raise ValueError(
-                f"{type(model).__name__} is not an image tokenizer (its encoder uses "
-                f"{self.autoencoder.cfg.encoder.coord_ndim}-d coordinates, images need 2-d)"
-            )
 
     # ------------------------------------------------------------------------------------------ capabilities
     @property
