@@ -74,6 +74,49 @@ def linear_probe_accuracy(
         return topk_accuracy(head(xt), test_y, 1)
 
 
+def knn_accuracies(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    ks: Sequence[int] = (20,),
+    temperature: float = 0.07,
+    query_chunk: int | None = None,
+    num_classes: int | None = None,
+) -> dict[int, float]:
+    """Top-1 of DINO's weighted kNN for several k at once: cosine similarity, votes ``exp(sim / T)``.
+
+    Computed on ``train_x``'s device in chunks of ``query_chunk`` test samples (None: all at once), so only a
+    (query_chunk, N_train) similarity block exists at any time; one top-k for the largest k serves every k.
+
+    Args:
+        train_x, test_x: (N, D) and (M, D) features (normalised here).
+        train_y, test_y: (N,) and (M,) labels.
+        ks: neighbour counts (each capped at N).
+        num_classes: C (default: the largest label + 1).
+
+    Returns:
+        k -> top-1 accuracy.
+    """
+    device = train_x.device
+    a = F.normalize(train_x.float(), dim=-1)
+    train_y = train_y.to(device)
+    num_classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
+    kmax = min(max(ks), a.shape[0])
+    chunk = query_chunk or max(len(test_x), 1)
+    correct = dict.fromkeys(ks, 0)
+    for start in range(0, len(test_x), chunk):
+        b = F.normalize(test_x[start : start + chunk].to(device).float(), dim=-1)
+        y = test_y[start : start + chunk].to(device)
+        sims, idx = (b @ a.T).topk(kmax, dim=1)  # sorted, largest first
+        weights, neighbours = (sims / temperature).exp(), train_y[idx]
+        for k in ks:
+            votes = torch.zeros(len(b), num_classes, device=device)
+            votes.scatter_add_(1, neighbours[:, :k], weights[:, :k])
+            correct[k] += (votes.argmax(dim=1) == y).sum().item()
+    return {k: correct[k] / max(len(test_x), 1) for k in ks}
+
+
 def knn_accuracy(
     train_x: torch.Tensor,
     train_y: torch.Tensor,
@@ -81,10 +124,7 @@ def knn_accuracy(
     test_y: torch.Tensor,
     k: int = 20,
     temperature: float = 0.07,
+    query_chunk: int | None = None,
 ) -> float:
     """Top-1 of a cosine-similarity kNN vote weighted by ``exp(sim / T)`` (the DINO kNN protocol)."""
-    a, b = F.normalize(train_x.float(), dim=-1), F.normalize(test_x.float(), dim=-1)
-    sims, idx = (b @ a.T).topk(min(k, a.shape[0]), dim=1)
-    num_classes = int(max(train_y.max(), test_y.max())) + 1
-    votes = torch.zeros(b.shape[0], num_classes).scatter_add_(1, train_y[idx], (sims / temperature).exp())
-    return topk_accuracy(votes, test_y, 1)
+    return knn_accuracies(train_x, train_y, test_x, test_y, [k], temperature, query_chunk)[k]
