@@ -51,10 +51,18 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 
 def _random_init_state_dict(*_args, **_kwargs) -> dict[str, torch.Tensor]:
-    """A random-init state dict of the FID Inception: torchvision's Inception-v3 has the same parameters."""
+    """A random-init state dict of the FID Inception: torchvision's Inception-v3 has the same parameters.
+
+    Convolutions get He (fan-in, ReLU) initialisation so the activations keep their scale through the ~90 layers:
+    torch's default initialisation shrinks the pool_3 features to ~1e-8, where every FID is rounding noise.
+    """
     from torchvision.models import inception_v3
 
-    return inception_v3(weights=None, aux_logits=False, num_classes=1008, init_weights=False).state_dict()
+    net = inception_v3(weights=None, aux_logits=False, num_classes=1008, init_weights=False)
+    for module in net.modules():
+        if isinstance(module, torch.nn.Conv2d | torch.nn.Linear):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    return net.state_dict()
 
 
 class InceptionFeatures(torch.nn.Module):

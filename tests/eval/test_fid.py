@@ -133,5 +133,6 @@ def test_random_init_extractor_gives_pool3_features_of_256px_images():
     features = net(images)
     assert features.shape == (2, 2048) and torch.isfinite(features).all()
     assert not torch.equal(features[0], features[1])
+    assert features.abs().mean() > 1e-2  # He init keeps the scale (torch's default init gives ~1e-8: FID = noise)
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
         net(images[:, :1])

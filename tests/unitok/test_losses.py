@@ -113,6 +113,17 @@ def test_lpips_term_uses_the_perceptual_net_and_stays_frozen():
     assert not net.net.training  # dropout of the heads never turns on
 
 
+def test_lpips_distances_are_per_image_and_average_to_the_loss():
+    net = LPIPS(random_trunk=True)
+    a, b = torch.rand(3, 3, 32, 32) * 2 - 1, torch.rand(3, 3, 32, 32) * 2 - 1
+    b[1] = a[1]
+    d = net.distances(a, b)
+    assert d.shape == (3,) and d[1].item() == 0.0 and (d[[0, 2]] > 0).all()
+    assert torch.allclose(d, net.net(a, b).flatten())
+    assert torch.allclose(d[2], net.distances(a[2:], b[2:])[0], rtol=1e-5)  # batch-independent
+    assert net(a, b).item() == pytest.approx(d.mean().item(), rel=1e-6)
+
+
 def test_lpips_reads_the_vgg_trunk_from_a_local_file(tmp_path):
     # a torchvision-layout VGG16 state dict ("features.{i}.*" + classifier) with random values
     trunk = LPIPS(random_trunk=True).net.net

@@ -49,7 +49,7 @@ def _trunk_state_dict(torchvision_sd: dict[str, torch.Tensor]) -> dict[str, torc
 
 
 class LPIPS(nn.Module):
-    """Frozen LPIPS-VGG distance, mean over the batch.
+    """Frozen LPIPS-VGG distance: the batch mean (``forward``, a loss) or one value per image (``distances``).
 
     Args:
         vgg_weights: torchvision VGG16 state-dict file (see module docstring); None reads ``$UNITOK_LPIPS_VGG16``.
@@ -77,7 +77,11 @@ class LPIPS(nn.Module):
         self.net.eval()  # frozen: dropout of the linear heads stays off
         return self
 
+    def distances(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) images in [-1, 1] -> (B,) LPIPS of each pair (computed in fp32)."""
+        with torch.autocast(prediction.device.type, enabled=False):
+            return self.net(prediction.float(), target.float()).flatten()
+
     def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images in [-1, 1] -> scalar mean LPIPS (computed in fp32)."""
-        with torch.autocast(prediction.device.type, enabled=False):
-            return self.net(prediction.float(), target.float()).mean()
+        return self.distances(prediction, target).mean()
