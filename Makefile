@@ -7,7 +7,7 @@ CKPT ?= ../shared/parity/vtp_small_default
 OUT ?= outputs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-checkpoint test lint bench clean
+.PHONY: install demo demo-checkpoint demo-eval test lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,20 @@ demo: install
 # Encode and decode sample images with a VTP checkpoint (the tiny parity checkpoint unless CKPT=...).
 demo-checkpoint: install
 	$(VENV)/bin/unitok-demo --ckpt $(CKPT) --out outputs/demo_checkpoint
+
+# Evaluate the two `make demo` checkpoints with unitok-eval on the embedded shapes written as an ImageFolder tree,
+# then compare them. LPIPS and rFID need local weights: `make demo-eval RECON="fid_weights=... lpips_weights=..."`.
+EVAL_DATA ?= outputs/toy_data
+EVAL_OUT ?= outputs/eval
+RECON ?= lpips=false fid=false
+PROBE ?= crop=64 resize=64 batch_size=256 epochs=20
+demo-eval: install
+	$(PY) -m unitok.modalities.image.toy $(EVAL_DATA) --train 2400 --val 1200
+	$(VENV)/bin/unitok-eval image.zeroshot,image.linear_probe,image.knn,image.reconstruction,image.latent_stats \
+		--ckpt $(OUT)/vtp/model --data $(EVAL_DATA) --out $(EVAL_OUT)/vtp $(PROBE) $(RECON) num_samples=2400
+	$(VENV)/bin/unitok-eval image.linear_probe,image.knn,image.reconstruction,image.latent_stats \
+		--ckpt $(OUT)/ae_only/model --data $(EVAL_DATA) --out $(EVAL_OUT)/ae_only $(PROBE) $(RECON) num_samples=2400
+	$(VENV)/bin/unitok-eval compare $(EVAL_OUT)/vtp $(EVAL_OUT)/ae_only --out $(EVAL_OUT)/compare
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -138,6 +138,10 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+_INF_TEXT = {math.inf: "inf", -math.inf: "-inf"}
+_TEXT_INF = {text: value for value, text in _INF_TEXT.items()}
+
+
 def _validated(result: dict) -> dict:
     """A normalised copy of ``result`` (format first, metrics as plain numbers); ValueError names the problem."""
     if not isinstance(result, dict):
@@ -161,9 +165,7 @@ def _validated(result: dict) -> dict:
             raise ValueError(f"metric {key!r} must be a number, got {type(value).__name__} {value!r}")
         if isinstance(value, numbers.Integral):
             clean[key] = int(value)
-        elif math.isinf(float(value)):
-            raise ValueError(f"metric {key!r} is {value}: metrics must be finite (or NaN for 'not computable')")
-        else:
+        else:  # +-inf is kept (e.g. the PSNR of a lossless reconstruction) and stored as "inf" / "-inf"
             clean[key] = float(value)
     for section in _OPTIONAL_SECTIONS:
         if result.get(section) is not None and not isinstance(result[section], dict):
@@ -187,7 +189,10 @@ def write_result(out_dir: str | os.PathLike, result: dict) -> Path:
     """
     out = Path(out_dir)
     clean = _validated(result)
-    text = json.dumps(_jsonable(clean), indent=2, allow_nan=False) + "\n"  # serialise before touching the disk
+    record = _jsonable(clean)
+    record["metrics"] = {k: _INF_TEXT.get(v, v) for k, v in clean["metrics"].items()}  # strict JSON has no inf
+    record["metrics"] = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in record["metrics"].items()}
+    text = json.dumps(record, indent=2, allow_nan=False) + "\n"  # serialise before touching the disk
     path = out / f"{clean['suite']}.json"
     _atomic_write_text(path, text)
     _atomic_write_text(out / SUMMARY_FILE, summary_markdown(load_results(out, strict=False), base_dir=out))
@@ -219,6 +224,8 @@ def _read_result_file(path: Path) -> dict | None:
         full = key if key.startswith(f"{suite}/") else f"{suite}/{key}"
         if value is None:
             value = math.nan
+        if isinstance(value, str) and value in _TEXT_INF:
+            value = _TEXT_INF[value]
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{path}: metric {key!r} is not a number ({value!r})")
         clean[full] = value

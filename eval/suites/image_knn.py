@@ -81,7 +81,7 @@ def run(ctx: EvalContext, cfg: KnnConfig) -> SuiteOutput:
     protocol = {"features": "final-norm class token of the last block, L2-normalised", "similarity": "cosine",
                 "vote_weight": "exp(sim / T)", "transform": f"Resize({cfg.resize}) bicubic + CenterCrop({cfg.crop})",
                 "headline_k": 20 if 20 in acc else cfg.ks[0]}  # fmt: skip
-    return SuiteOutput(metrics=metrics, data={"train": train_data, "eval": test_data}, details={"protocol": protocol})
+    return SuiteOutput(metrics=metrics, data={**test_data, "train": train_data}, details={"protocol": protocol})
 
 
 SUITE = Suite(

@@ -147,7 +147,7 @@ def run(ctx: EvalContext, cfg: LinearProbeConfig) -> SuiteOutput:
         "eval_transform": f"Resize({cfg.resize}) bicubic + CenterCrop({cfg.crop})",
         "selection": f"max over heads and epochs on {cfg.eval_split} (DINOv2 / VTP)",
     }  # fmt: skip
-    data = {"train": train_data, "eval": val_data}
+    data = {**val_data, "train": train_data}  # top level: the evaluation split (sample count in reports)
     return SuiteOutput(metrics=_summary(result), data=data, details={"heads": result.accuracy, "protocol": protocol})
 
 

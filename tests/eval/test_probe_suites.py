@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import unitok
 from unitok.eval.checkpoints import LoadedCheckpoint
 from unitok.eval.context import EvalContext, EvalOptions
 from unitok.eval.metrics.classification import knn_accuracies, knn_accuracy
@@ -20,6 +19,7 @@ from unitok.eval.metrics.linear_probe import (
 from unitok.eval.suites import image_knn, image_linear_probe
 from unitok.modalities.image.tokenizer import ImageTokenizer
 from unitok.modalities.image.toy import write_image_folder
+from unitok.testing import tiny_vtp
 
 SMALL = {"resize": 32, "crop": 32}
 
@@ -31,12 +31,7 @@ def tree(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    model = unitok.create_model(
-        "vtp_s_f16d64", image_size=32, vision_embed_dim=32, vision_depth=4, vision_num_heads=2,
-        vision_feature_bottleneck=8, text_context_length=16, text_embed_dim=32, text_depth=1, text_num_heads=2,
-        decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2,
-    ).eval().requires_grad_(False)  # fmt: skip
+    model = tiny_vtp(vision_depth=4).requires_grad_(False)
     return LoadedCheckpoint(model, str(tmp_path_factory.mktemp("ckpt")), "pretrained_dir", "tiny", {}, {"id": "tiny"})
 
 
@@ -171,7 +166,7 @@ def test_linear_probe_suite_end_to_end_and_cached_rerun(ckpt, tree, tmp_path, mo
     heads = out.details["heads"]
     assert len(heads) == 26 and all(len(v) == 2 for v in heads.values()) and "n4_lr0.001" in heads
     assert m["top1"] == max(max(v) for v in heads.values())
-    assert out.data["train"]["num_samples"] == 96 and out.data["eval"]["num_samples"] == 48
+    assert out.data["train"]["num_samples"] == 96 and out.data["num_samples"] == 48 and out.data["split"] == "val"
     assert out.details["protocol"]["input_dims"] == {"n1": 64, "n4": 160}
 
     _forbid_model(monkeypatch)

@@ -14,14 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-import unitok
 from unitok.engine.distributed import DistInfo
 from unitok.eval.checkpoints import LoadedCheckpoint
 from unitok.eval.context import EvalContext, EvalOptions
 from unitok.eval.image_data import IndexedImages, adm_transform
 from unitok.eval.suites import image_reconstruction as suite
 from unitok.modalities.image.tokenizer import ImageTokenizer
-from unitok.testing import init_gloo, run_distributed
+from unitok.testing import init_gloo, run_distributed, tiny_vtp
 
 pytestmark = pytest.mark.filterwarnings("ignore:Matrix is singular:scipy.linalg.LinAlgWarning")
 
@@ -47,12 +46,7 @@ def _patch_inception(mp) -> None:
 
 
 def _tiny_vtp():
-    torch.manual_seed(0)
-    return unitok.create_model(
-        "vtp_s_f16d64", image_size=SIZE, vision_embed_dim=32, vision_depth=2, vision_num_heads=2,
-        vision_feature_bottleneck=8, text_context_length=16, text_vocab_size=1024, text_embed_dim=32, text_depth=1,
-        text_num_heads=2, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2,
-    ).eval()  # fmt: skip
+    return tiny_vtp(image_size=SIZE, text_vocab_size=1024)
 
 
 def _context(root, out, batch_size=8, chunk_size=16, dist=None) -> EvalContext:
