@@ -105,3 +105,19 @@ def tiny_vtp(seed: int = 0, **overrides: Any):
 
     torch.manual_seed(seed)
     return unitok.create_model("vtp_s_f16d64", **{**TINY_VTP_OVERRIDES, **overrides}).eval()
+
+
+def seeded_state_dict(
+    shapes: dict[str, tuple[int, ...] | list[int]], seed: int = 0, scale: float = 0.1
+) -> dict[str, torch.Tensor]:
+    """Deterministic float32 weights for checks against an official implementation (same keys on both sides).
+
+    Keys are filled in sorted order from one ``torch.Generator(seed)`` with N(0, scale²); weight-norm magnitudes
+    (keys ending in ``original0`` or ``weight_g``) get 1 + that, so every normalised weight keeps a unit norm.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for key in sorted(shapes):
+        value = scale * torch.randn(tuple(shapes[key]), generator=gen)
+        out[key] = value + 1.0 if key.endswith(("original0", "weight_g")) else value
+    return out

@@ -18,6 +18,20 @@ import torch
 from unitok.adapter import ModalityAdapter, Tokens
 
 
+def valid_lengths(
+    lengths: torch.Tensor | None, batch_size: int, num_samples: int, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """(B,) long clip lengths in [1, T] (all T when None), or a ValueError naming the problem."""
+    if lengths is None:
+        return torch.full((batch_size,), num_samples, dtype=torch.long, device=device)
+    lengths = torch.as_tensor(lengths, device=device).long()
+    if lengths.shape != (batch_size,):
+        raise ValueError(f"audio_lens must have shape ({batch_size},), got {tuple(lengths.shape)}")
+    if bool((lengths <= 0).any()) or bool((lengths > num_samples).any()):
+        raise ValueError(f"audio_lens must be in [1, {num_samples}] (the padded length), got {lengths.tolist()}")
+    return lengths
+
+
 class SpeechAdapter(ModalityAdapter):
     """Frames of ``frame_size`` samples over 16 kHz mono audio.
 
@@ -60,15 +74,7 @@ class SpeechAdapter(ModalityAdapter):
         return audio
 
     def _lengths(self, lengths: torch.Tensor | None, audio: torch.Tensor) -> torch.Tensor:
-        B, T = audio.shape
-        if lengths is None:
-            return torch.full((B,), T, dtype=torch.long, device=audio.device)
-        lengths = torch.as_tensor(lengths, device=audio.device).long()
-        if lengths.shape != (B,):
-            raise ValueError(f"audio_lens must have shape ({B},), got {tuple(lengths.shape)}")
-        if bool((lengths <= 0).any()) or bool((lengths > T).any()):
-            raise ValueError(f"audio_lens must be in [1, {T}] (the padded length), got {lengths.tolist()}")
-        return lengths
+        return valid_lengths(lengths, *audio.shape, device=audio.device)
 
     def coords(self, num_frames: int, batch_size: int, device: torch.device | str | None = None) -> torch.Tensor:
         """(B, N, 1) frame-centre coordinates in units of ``reference_frames``, expanded over the batch."""

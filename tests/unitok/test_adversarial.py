@@ -9,8 +9,13 @@ from unitok.losses.adversarial import (
     AdversarialConfig,
     AdversarialLoss,
     adaptive_weight,
+    discriminator_loss,
+    feature_matching_loss,
+    generator_adversarial_loss,
     hinge_d_loss,
     hinge_g_loss,
+    least_squares_d_loss,
+    least_squares_g_loss,
     non_saturating_g_loss,
     vanilla_d_loss,
 )
@@ -92,3 +97,46 @@ def test_bad_adversarial_config_is_named():
         AdversarialLoss(AdversarialConfig(gen_loss="wasserstein"))
     with pytest.raises(ValueError, match="disc_loss"):
         AdversarialLoss(AdversarialConfig(disc_loss="lsgan"))
+
+
+def test_least_squares_losses():
+    # (1 - real)² = [1, .25, 4] -> 5.25/3; fake² = [4, .09] -> 4.09/2; (1 - fake)² = [9, .49] -> 9.49/2
+    assert least_squares_d_loss(REAL, FAKE).item() == pytest.approx(5.25 / 3 + 4.09 / 2)
+    assert least_squares_g_loss(FAKE).item() == pytest.approx(9.49 / 2)
+    assert AdversarialLoss(AdversarialConfig(disc_loss="least_squares", gen_loss="least_squares")).cfg
+
+
+def _two_discriminators():
+    """Two sub-discriminators: one with two feature maps + logits, one with one feature map + logits."""
+    t = lambda *v: torch.tensor(v)  # noqa: E731
+    fake = [[t(1.0, 2.0), t(0.0, 0.0, 3.0), t(0.5, -1.0)], [t(2.0), t(1.0, 1.0)]]
+    real = [[t(0.0, 2.0), t(1.0, 1.0, 1.0), t(1.0, 2.0)], [t(-2.0), t(0.0, 4.0)]]
+    return fake, real
+
+
+def test_multi_discriminator_losses_sum_over_discriminators_as_dac():
+    fake, real = _two_discriminators()
+    # D: Σ_k mean fake_k² + mean (1 - real_k)²
+    d_want = (0.25 + 1.0) / 2 + (0 + 1) / 2 + (1 + 1) / 2 + (1 + 9) / 2
+    assert discriminator_loss(fake, real).item() == pytest.approx(d_want)
+    # G: Σ_k mean (1 - fake_k)²: (.25 + 4)/2 + 0
+    assert generator_adversarial_loss(fake).item() == pytest.approx(4.25 / 2)
+    assert generator_adversarial_loss(fake, kind="hinge").item() == pytest.approx(0.25 - 1.0)
+    # FM: Σ_k Σ_j<last mean |fake - real|: (1 + 0)/2 + (1 + 1 + 2)/3 + 4/1; the logits never count
+    assert feature_matching_loss(fake, real).item() == pytest.approx(0.5 + 4 / 3 + 4.0)
+
+
+def test_feature_matching_detaches_the_real_maps_and_checks_structure():
+    fake, real = _two_discriminators()
+    fake = [[m.clone().requires_grad_() for m in maps] for maps in fake]
+    real = [[m.clone().requires_grad_() for m in maps] for maps in real]
+    feature_matching_loss(fake, real).backward()
+    assert all(m.grad is None for maps in real for m in maps)
+    assert fake[0][0].grad.tolist() == [0.5, 0.0]  # sign(1 - 0)/2, sign(0)=0
+    assert fake[0][-1].grad is None  # logits are not matched
+    with pytest.raises(ValueError, match="discriminator outputs"):
+        discriminator_loss(fake, real[:1])
+    with pytest.raises(ValueError, match="feature maps"):
+        feature_matching_loss([fake[0][:2]], [real[0]])
+    with pytest.raises(ValueError, match="discriminator loss must be one of"):
+        discriminator_loss(fake, real, kind="lsgan")

@@ -3,7 +3,14 @@
 Discriminator loss on logits of real x and fake x̂ (reconstructions):
     hinge   ½·(mean relu(1 - D(x)) + mean relu(1 + D(x̂)))
     vanilla ½·(mean softplus(-D(x)) + mean softplus(D(x̂)))
-Generator loss: hinge ``-mean D(x̂)`` (taming's default) or non-saturating ``mean softplus(-D(x̂))``.
+    least_squares  mean (1 - D(x))² + mean D(x̂)²   (LSGAN as HiFi-GAN / DAC, no ½)
+Generator loss: hinge ``-mean D(x̂)`` (taming's default), non-saturating ``mean softplus(-D(x̂))`` or least-squares
+``mean (1 - D(x̂))²``.
+
+Several discriminators (audio GANs: MPD + MRD, each returning a list of feature maps whose last entry is the
+logits) are combined as DAC's ``GANLoss`` does: :func:`discriminator_loss` and :func:`generator_adversarial_loss`
+**sum** the per-discriminator terms (each a mean over its logits); :func:`feature_matching_loss` **sums** the
+element-mean L1 distances over every discriminator and every feature map but the logits, the real maps detached.
 
 Adaptive weight (taming's ``calculate_adaptive_weight``): with W the generator's last layer,
 ``λ = ||∇_W L_rec|| / (||∇_W L_G|| + 1e-4)``, clamped to [0, 1e4] and detached; the generator term is
@@ -13,11 +20,12 @@ it is computed per micro-batch. Before ``disc_start`` the generator term is 0 an
 
 Shape legend:
     logits: any shape (a PatchGAN gives a (B, 1, h, w) map of per-patch logits); W: the last layer's weight.
+    feature maps: ``d[k][j]`` is layer j of discriminator k, any shape; ``d[k][-1]`` its logits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -31,8 +39,8 @@ class AdversarialConfig:
     """Attributes:
     disc_start: optimiser step from which the generator term counts and the discriminator trains.
     disc_weight: factor on the adaptive weight (taming's ``disc_weight``).
-    gen_loss: 'hinge' (``-mean D(x̂)``, taming) or 'non_saturating'.
-    disc_loss: 'hinge' (taming) or 'vanilla'.
+    gen_loss: 'hinge' (``-mean D(x̂)``, taming), 'non_saturating' or 'least_squares'.
+    disc_loss: 'hinge' (taming), 'vanilla' or 'least_squares'.
     adaptive: use the adaptive weight λ (False: λ = 1).
     max_adaptive_weight: upper clamp of λ (taming: 1e4).
     """
@@ -65,8 +73,68 @@ def non_saturating_g_loss(logits_fake: torch.Tensor) -> torch.Tensor:
     return F.softplus(-logits_fake).mean()
 
 
-D_LOSSES = {"hinge": hinge_d_loss, "vanilla": vanilla_d_loss}
-G_LOSSES = {"hinge": hinge_g_loss, "non_saturating": non_saturating_g_loss}
+def least_squares_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """mean (1 - real)² + mean fake² (LSGAN with targets 1 / 0, no ½: HiFi-GAN and DAC)."""
+    return (1.0 - logits_real).square().mean() + logits_fake.square().mean()
+
+
+def least_squares_g_loss(logits_fake: torch.Tensor) -> torch.Tensor:
+    """mean (1 - fake)²."""
+    return (1.0 - logits_fake).square().mean()
+
+
+D_LOSSES = {"hinge": hinge_d_loss, "vanilla": vanilla_d_loss, "least_squares": least_squares_d_loss}
+G_LOSSES = {"hinge": hinge_g_loss, "non_saturating": non_saturating_g_loss, "least_squares": least_squares_g_loss}
+
+FeatureMaps = Sequence[Sequence[torch.Tensor]]
+
+
+def _check_pair(d_fake: FeatureMaps, d_real: FeatureMaps) -> None:
+    if len(d_fake) != len(d_real):
+        raise ValueError(f"{len(d_fake)} discriminator outputs for the fake input but {len(d_real)} for the real one")
+    for k, (fake, real) in enumerate(zip(d_fake, d_real, strict=True)):
+        if len(fake) != len(real) or not len(fake):
+            raise ValueError(f"discriminator {k} returned {len(fake)} fake and {len(real)} real feature maps")
+
+
+def _lookup(table: dict, kind: str, what: str) -> Callable:
+    if kind not in table:
+        raise ValueError(f"{what} must be one of {sorted(table)}, got {kind!r}")
+    return table[kind]
+
+
+def discriminator_loss(d_fake: FeatureMaps, d_real: FeatureMaps, kind: str = "least_squares") -> torch.Tensor:
+    """Σ_k D-loss(real logits_k, fake logits_k) over the discriminators (DAC ``GANLoss.discriminator_loss``).
+
+    Args:
+        d_fake: per-discriminator feature-map lists of the fake input (detached from the generator by the caller).
+        d_real: the same for the real input.
+        kind: a key of ``D_LOSSES`` ('least_squares' for DAC).
+    """
+    _check_pair(d_fake, d_real)
+    fn = _lookup(D_LOSSES, kind, "discriminator loss")
+    return sum(fn(real[-1].float(), fake[-1].float()) for fake, real in zip(d_fake, d_real, strict=True))
+
+
+def generator_adversarial_loss(d_fake: FeatureMaps, kind: str = "least_squares") -> torch.Tensor:
+    """Σ_k G-loss(fake logits_k) over the discriminators (the ``loss_g`` of DAC ``GANLoss.generator_loss``)."""
+    if not len(d_fake) or not all(len(maps) for maps in d_fake):
+        raise ValueError("generator_adversarial_loss needs at least one discriminator output with logits")
+    fn = _lookup(G_LOSSES, kind, "generator loss")
+    return sum(fn(fake[-1].float()) for fake in d_fake)
+
+
+def feature_matching_loss(d_fake: FeatureMaps, d_real: FeatureMaps) -> torch.Tensor:
+    """Σ_k Σ_j mean |fake_kj - real_kj| over every feature map but the logits, real maps detached (DAC)."""
+    _check_pair(d_fake, d_real)
+    terms = [
+        F.l1_loss(fake[j].float(), real[j].detach().float())
+        for fake, real in zip(d_fake, d_real, strict=True)
+        for j in range(len(fake) - 1)
+    ]
+    if not terms:
+        raise ValueError("feature_matching_loss needs discriminators with feature maps besides the logits")
+    return sum(terms)
 
 
 def adaptive_weight(
@@ -95,10 +163,8 @@ class AdversarialLoss:
     """Generator and discriminator terms with the adaptive weight and the start step (see module docstring)."""
 
     def __init__(self, cfg: AdversarialConfig):
-        if cfg.gen_loss not in G_LOSSES:
-            raise ValueError(f"adversarial gen_loss must be one of {sorted(G_LOSSES)}, got {cfg.gen_loss!r}")
-        if cfg.disc_loss not in D_LOSSES:
-            raise ValueError(f"adversarial disc_loss must be one of {sorted(D_LOSSES)}, got {cfg.disc_loss!r}")
+        _lookup(G_LOSSES, cfg.gen_loss, "adversarial gen_loss")
+        _lookup(D_LOSSES, cfg.disc_loss, "adversarial disc_loss")
         if cfg.disc_start < 0 or cfg.disc_weight < 0:
             raise ValueError("adversarial disc_start and disc_weight must be >= 0")
         self.cfg = cfg
