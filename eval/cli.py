@@ -46,7 +46,7 @@ def list_suites(verbose: bool = False) -> str:
     lines = []
     for name in registry.names():
         suite = registry.get(name)
-        lines.append(f"{name:24s} {suite.summary}")
+        lines.append(f"{name:26s} {suite.summary}")
         if verbose:
             for f in dataclasses.fields(suite.config):
                 default = f.default if f.default is not dataclasses.MISSING else f.default_factory()

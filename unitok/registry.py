@@ -89,6 +89,10 @@ SUITES = Registry(
         "image.knn": "unitok.eval.suites.image_knn:SUITE",
         "image.reconstruction": "unitok.eval.suites.image_reconstruction:SUITE",
         "image.latent_stats": "unitok.eval.suites.image_latent_stats:SUITE",
+        "speech.reconstruction": "unitok.eval.suites.speech_reconstruction:SUITE",
+        "speech.speaker_similarity": "unitok.eval.suites.speech_speaker_similarity:SUITE",
+        "speech.intelligibility": "unitok.eval.suites.speech_intelligibility:SUITE",
+        "speech.latent_stats": "unitok.eval.suites.speech_latent_stats:SUITE",
     },
 )
 

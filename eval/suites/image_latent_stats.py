@@ -49,7 +49,8 @@ class LatentStatsConfig:
     store_in_checkpoint: bool = False
 
 
-def _checkpoint_dir(ctx: EvalContext) -> Path:
+def checkpoint_dir(ctx: EvalContext) -> Path:
+    """The pretrained directory of the evaluated checkpoint, where ``store_in_checkpoint`` writes the statistics."""
     if ctx.ckpt.kind == "train_state":
         raise ValueError(
             "store_in_checkpoint=true needs a pretrained directory (or a run with an exported model/), "
@@ -65,7 +66,7 @@ def run(ctx: EvalContext, cfg: LatentStatsConfig) -> SuiteOutput:
     if not size:
         raise ValueError("image_size=0 needs a model that records its image size; pass image_size=...")
     if cfg.store_in_checkpoint:
-        target = _checkpoint_dir(ctx)  # fail before the long pass
+        target = checkpoint_dir(ctx)  # fail before the long pass
     transform = v2.Compose([adm_transform(size), v2.Normalize(list(tok.mean), list(tok.std))])
     dataset, _, data = split_dataset(ctx, cfg.split, transform)
     dataset = fixed_subset(dataset, cfg.num_samples, seed=cfg.seed)
@@ -91,11 +92,16 @@ def run(ctx: EvalContext, cfg: LatentStatsConfig) -> SuiteOutput:
         if cfg.store_in_checkpoint:
             written = save_to_checkpoint(target, stats)
             ctx.log(f"stored the latent statistics in {written}")
-    mean, std = stats.mean.flatten(), stats.std.flatten()
-    metrics = {"mean_avg": mean.mean().item(), "mean_min": mean.min().item(), "mean_max": mean.max().item(),
-               "std_avg": std.mean().item(), "std_min": std.min().item(), "std_max": std.max().item()}  # fmt: skip
+    metrics = stats_metrics(stats)
     protocol = {**asdict(cfg), "image_size": size, "crop": "adm_center_crop", "latent_channels": tok.latent_dim}
     return SuiteOutput(metrics, data, artifacts, details={"protocol": protocol, "stats": stats.to_dict()})
+
+
+def stats_metrics(stats) -> dict[str, float]:
+    """Summary numbers of per-channel statistics: mean / min / max of the channel means and stds."""
+    mean, std = stats.mean.flatten(), stats.std.flatten()
+    return {"mean_avg": mean.mean().item(), "mean_min": mean.min().item(), "mean_max": mean.max().item(),
+            "std_avg": std.mean().item(), "std_min": std.min().item(), "std_max": std.max().item()}  # fmt: skip
 
 
 SUITE = Suite(

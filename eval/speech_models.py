@@ -1,0 +1,72 @@
+"""Frozen speech models the evaluation suites score with, read from local paths through transformers.
+
+* a speaker-verification model (``AutoModelForAudioXVector``, e.g. ``microsoft/wavlm-base-plus-sv``) for speaker
+  similarity: cosine of the x-vector embeddings;
+* Whisper (``WhisperForConditionalGeneration`` + ``WhisperProcessor``, e.g. ``openai/whisper-large-v3``) for ASR.
+
+Nothing is downloaded: a missing path names the model to copy there. Both run one utterance at a time, so padding
+never changes a score.
+
+Shape legend:
+    T: samples at 16 kHz, D: embedding width
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+SV_HINT = "a transformers speaker-verification model such as microsoft/wavlm-base-plus-sv (AutoModelForAudioXVector)"
+ASR_HINT = "a transformers Whisper model such as openai/whisper-large-v3 (model + processor files)"
+
+
+def _local_dir(path: str | os.PathLike | None, what: str, hint: str) -> Path:
+    if not path:
+        raise FileNotFoundError(f"{what} needs a local model directory: pass {what}=/path/to/model ({hint})")
+    p = Path(path).expanduser()
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{what}={str(p)!r} is not a transformers model directory (no config.json); copy {hint}"
+        )
+    return p
+
+
+class SpeakerEmbedder:
+    """(T,) 16 kHz audio -> (D,) L2-normalised speaker embedding."""
+
+    def __init__(self, path: str | os.PathLike | None, device: torch.device | str = "cpu"):
+        from transformers import AutoFeatureExtractor, AutoModelForAudioXVector
+
+        self.path = _local_dir(path, "sv_model", SV_HINT)
+        self.extractor = AutoFeatureExtractor.from_pretrained(self.path)
+        self.model = AutoModelForAudioXVector.from_pretrained(self.path).to(device).eval()
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, audio: torch.Tensor) -> torch.Tensor:
+        inputs = self.extractor(audio.float().cpu().numpy(), sampling_rate=16000, return_tensors="pt")
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        return F.normalize(self.model(**inputs).embeddings.float(), dim=-1)[0]
+
+
+class WhisperTranscriber:
+    """(T,) 16 kHz audio -> text, with Whisper (English transcription, beam search)."""
+
+    def __init__(self, path: str | os.PathLike | None, device: torch.device | str = "cpu", num_beams: int = 5,
+                 language: str = "en"):  # fmt: skip
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+        self.path = _local_dir(path, "asr_model", ASR_HINT)
+        self.processor = WhisperProcessor.from_pretrained(self.path)
+        self.model = WhisperForConditionalGeneration.from_pretrained(self.path).to(device).eval()
+        self.device, self.num_beams, self.language = device, num_beams, language
+
+    @torch.no_grad()
+    def __call__(self, audio: torch.Tensor) -> str:
+        feats = self.processor(audio.float().cpu().numpy(), sampling_rate=16000, return_tensors="pt").input_features
+        ids = self.model.generate(feats.to(self.device, self.model.dtype), language=self.language, task="transcribe",
+                                  num_beams=self.num_beams)  # fmt: skip
+        return self.processor.batch_decode(ids, skip_special_tokens=True)[0].strip()

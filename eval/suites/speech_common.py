@@ -1,0 +1,43 @@
+"""Helpers shared by the speech suites: the tokenizer view, the evaluated utterances, cache keys, WAV files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from unitok.eval.context import EvalContext
+from unitok.eval.speech_data import SpeechCuts, resolve_manifest
+from unitok.eval.suites.image_common import fixed_subset
+from unitok.modalities.speech.tokenizer import SpeechTokenizer
+
+
+def speech_tokenizer(ctx: EvalContext) -> SpeechTokenizer:
+    """The checkpoint's model as a :class:`SpeechTokenizer` (a clear error when it is not a speech model)."""
+    return SpeechTokenizer(ctx.ckpt.model)
+
+
+def utterances(
+    ctx: EvalContext, split: str, sample_rate: int, max_seconds: float | None = None
+) -> tuple[Dataset, dict[str, Any]]:
+    """(utterances to evaluate, data description for results and cache keys)."""
+    cuts = SpeechCuts(resolve_manifest(ctx.data, split), sample_rate, max_seconds)
+    dataset = fixed_subset(cuts, ctx.options.max_samples)
+    info = {"path": str(cuts.manifest), "split": split, "num_samples": len(dataset), "sample_rate": sample_rate,
+            "cuts_sha1": cuts.digest(), "max_seconds": max_seconds}  # fmt: skip
+    return dataset, info
+
+
+def speech_cache_key(ctx: EvalContext, data: dict[str, Any], **settings: Any) -> dict[str, Any]:
+    """Everything cached outputs depend on: checkpoint identity, data, precision and the suite's settings."""
+    return {"checkpoint": ctx.ckpt.identity, "data": data, "bf16": ctx.bf16, **settings}
+
+
+def write_wav(path: Path, audio: torch.Tensor, sample_rate: int) -> None:
+    """(T,) float audio in [-1, 1] -> 16-bit PCM WAV (soundfile)."""
+    import soundfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(str(path), audio.detach().float().clamp(-1, 1).cpu().numpy(), sample_rate, subtype="PCM_16")

@@ -1,0 +1,108 @@
+"""``speech.intelligibility``: can an ASR model still read the reconstruction? WER as F5-TTS measures it.
+
+Whisper (transformers, local path ``asr_model=``, English, beam ``num_beams``) transcribes every reconstruction (and,
+with ``reference_audio=true``, the original too: the ceiling of the same ASR on the same data); references and
+hypotheses are normalised as F5-TTS does (punctuation deleted, lowercase), ``jiwer`` gives each utterance's WER and
+the metric is the mean of per-utterance WERs (not a corpus WER), as F5-TTS reports it. Transcripts are written to
+``OUT/speech.intelligibility/transcripts.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import torch
+
+from unitok.eval.context import EvalContext, Suite, SuiteOutput
+from unitok.eval.extract import extract
+from unitok.eval.metrics.text import utterance_wers
+from unitok.eval.speech_data import collate_speech
+from unitok.eval.speech_models import WhisperTranscriber
+from unitok.eval.suites.speech_common import speech_cache_key, speech_tokenizer, utterances
+from unitok.eval.suites.speech_speaker_similarity import to_16k
+
+OUT_FOLDER = "speech.intelligibility"
+
+
+@dataclass
+class IntelligibilityConfig:
+    """Settings of ``speech.intelligibility``.
+
+    Attributes:
+        split: manifest split under ``--data`` (transcripts come from the cuts' supervisions).
+        asr_model: local transformers Whisper directory (model + processor files).
+        num_beams: beam size (F5-TTS: faster-whisper large-v3, beam 5).
+        reference_audio: also transcribe the originals (``wer_original``).
+        latent: decode the latent 'mean' (default) or the sampled 'z'.
+        seed: seed of the sampling noise.
+        max_seconds: truncate longer utterances (None: whole; truncation would cut words off the references).
+    """
+
+    split: str = "val"
+    asr_model: str | None = None
+    num_beams: int = 5
+    reference_audio: bool = True
+    latent: str = "mean"
+    seed: int = 0
+    max_seconds: float | None = None
+
+
+def load_transcriber(cfg: IntelligibilityConfig, device):
+    """The ASR callable ``(T,) 16 kHz audio -> text`` (a seam for tests)."""
+    return WhisperTranscriber(cfg.asr_model, device, num_beams=cfg.num_beams)
+
+
+def run(ctx: EvalContext, cfg: IntelligibilityConfig) -> SuiteOutput:
+    tok = speech_tokenizer(ctx)
+    transcribe = load_transcriber(cfg, ctx.device)
+    dataset, data = utterances(ctx, cfg.split, tok.sample_rate, cfg.max_seconds)
+    folder = ctx.out_dir / OUT_FOLDER / "utterances"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def score(batch):
+        audio, lengths = batch["audio"].to(ctx.device), batch["audio_lens"].to(ctx.device)
+        with ctx.autocast():
+            latents = tok.encode(audio, lengths, batch["index"].tolist(), cfg.seed)
+        rec = tok.decode(latents[cfg.latent].float(), lengths).float()
+        rows = []
+        for b, n in enumerate(lengths.tolist()):
+            row = {"cut_id": batch["cut_id"][b], "reference": batch["text"][b],
+                   "hypothesis": transcribe(to_16k(rec[b, :n], tok.sample_rate))}  # fmt: skip
+            if cfg.reference_audio:
+                row["hypothesis_original"] = transcribe(to_16k(audio[b, :n], tok.sample_rate))
+            (folder / f"{int(batch['index'][b]):06d}.json").write_text(json.dumps(row) + "\n")
+            rows.append(row)
+        refs = [r["reference"] for r in rows]
+        out = {"wer": torch.tensor(utterance_wers(refs, [r["hypothesis"] for r in rows]))}
+        if cfg.reference_audio:
+            out["wer_original"] = torch.tensor(utterance_wers(refs, [r["hypothesis_original"] for r in rows]))
+        return out
+
+    key = speech_cache_key(ctx, data, suite="speech.intelligibility", latent=cfg.latent, seed=cfg.seed,
+                           asr=str(getattr(transcribe, "path", "custom")), beams=cfg.num_beams,
+                           reference_audio=cfg.reference_audio)  # fmt: skip
+    out = extract(ctx, dataset, score, "speech_wer", key, collate_fn=collate_speech, desc="transcribe")
+    metrics = {k: torch.nanmean(v.double()).item() for k, v in out.items()}
+    artifacts = {}
+    if ctx.dist.is_main:
+        lines = [p.read_text() for p in sorted(folder.glob("*.json"))]
+        (ctx.out_dir / OUT_FOLDER / "transcripts.jsonl").write_text("".join(lines))
+        artifacts["transcripts"] = f"{OUT_FOLDER}/transcripts.jsonl"
+    data["empty_references"] = int(torch.isnan(out["wer"]).sum())
+    protocol = {
+        **asdict(cfg),
+        "asr_model": str(getattr(transcribe, "path", "custom")),
+        "tokenizer": tok.describe(),
+        "normalisation": "F5-TTS: punctuation deleted, lowercase",
+        "average": "mean of per-utterance WER",
+    }
+    return SuiteOutput(metrics, data, artifacts, details={"protocol": protocol})
+
+
+SUITE = Suite(
+    name="speech.intelligibility",
+    config=IntelligibilityConfig,
+    run=run,
+    summary="Whisper WER of reconstructions (F5-TTS normalisation, mean of per-utterance WER)",
+)

@@ -1,0 +1,74 @@
+"""``speech.speaker_similarity``: does the reconstruction keep the speaker? Cosine similarity between the speaker
+embeddings of each original utterance and its reconstruction, through a speaker-verification model from
+transformers read from a local path (``sv_model=``, e.g. ``microsoft/wavlm-base-plus-sv``), both at 16 kHz; mean
+over utterances. (F5-TTS's SIM-o uses WavLM-large + ECAPA-TDNN from s3prl/UniSpeech, which is not a transformers
+model; scores of different embedders are not comparable, so the result records the model path.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from unitok.eval.context import EvalContext, Suite, SuiteOutput
+from unitok.eval.extract import extract
+from unitok.eval.speech_data import collate_speech
+from unitok.eval.speech_models import SpeakerEmbedder
+from unitok.eval.suites.speech_common import speech_cache_key, speech_tokenizer, utterances
+
+
+@dataclass
+class SpeakerSimilarityConfig:
+    """Settings of ``speech.speaker_similarity``.
+
+    Attributes:
+        split: manifest split under ``--data``.
+        sv_model: local transformers speaker-verification model directory (AutoModelForAudioXVector).
+        latent: decode the latent 'mean' (default) or the sampled 'z'.
+        seed: seed of the sampling noise.
+        max_seconds: truncate longer utterances (None: whole).
+    """
+
+    split: str = "val"
+    sv_model: str | None = None
+    latent: str = "mean"
+    seed: int = 0
+    max_seconds: float | None = None
+
+
+def to_16k(audio: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    import torchaudio
+
+    return audio if sample_rate == 16000 else torchaudio.functional.resample(audio, sample_rate, 16000)
+
+
+def run(ctx: EvalContext, cfg: SpeakerSimilarityConfig) -> SuiteOutput:
+    tok = speech_tokenizer(ctx)
+    embed = SpeakerEmbedder(cfg.sv_model, ctx.device)
+    dataset, data = utterances(ctx, cfg.split, tok.sample_rate, cfg.max_seconds)
+
+    def similarity(batch):
+        audio, lengths = batch["audio"].to(ctx.device), batch["audio_lens"].to(ctx.device)
+        with ctx.autocast():
+            latents = tok.encode(audio, lengths, batch["index"].tolist(), cfg.seed)
+        rec = tok.decode(latents[cfg.latent].float(), lengths).float()
+        sims = []
+        for b, n in enumerate(lengths.tolist()):
+            a, r = to_16k(audio[b, :n], tok.sample_rate), to_16k(rec[b, :n], tok.sample_rate)
+            sims.append(torch.dot(embed(a), embed(r)).cpu())
+        return {"similarity": torch.stack(sims)}
+
+    key = speech_cache_key(ctx, data, suite="speech.speaker_similarity", latent=cfg.latent, seed=cfg.seed,
+                           sv_model=str(embed.path))  # fmt: skip
+    out = extract(ctx, dataset, similarity, "speech_sim", key, collate_fn=collate_speech, desc="speaker similarity")
+    protocol = {**asdict(cfg), "sv_model": str(embed.path), "tokenizer": tok.describe()}
+    return SuiteOutput({"similarity": out["similarity"].double().mean().item()}, data, details={"protocol": protocol})
+
+
+SUITE = Suite(
+    name="speech.speaker_similarity",
+    config=SpeakerSimilarityConfig,
+    run=run,
+    summary="speaker-embedding cosine between originals and reconstructions (transformers x-vector model)",
+)

@@ -1,0 +1,191 @@
+"""Speech evaluation: the tokenizer view over the Semantic-VAE baseline, CutSet utterances, the four speech suites
+and the F5-TTS WER protocol."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from unitok.eval.checkpoints import LoadedCheckpoint
+from unitok.eval.context import EvalContext, EvalOptions
+from unitok.eval.metrics.text import f5_normalize, utterance_wers
+from unitok.eval.suites import (
+    speech_intelligibility,
+    speech_latent_stats,
+    speech_reconstruction,
+    speech_speaker_similarity,
+)
+from unitok.latent_stats import LatentStats
+from unitok.modalities.speech.semantic_vae import create_semantic_vae
+from unitok.modalities.speech.tokenizer import SpeechTokenizer, utterance_noise
+
+SR = 16000
+TEXTS = ["Hello there, world!", "The cat sat.", "A quick test of speech", "Well-known facts", "Don't stop now"]
+
+
+@pytest.fixture(scope="module")
+def cuts_dir(tmp_path_factory):
+    """cuts_val.jsonl.gz of 5 synthetic utterances (pitched tones with noise), 0.4 to 0.9 s, 2 speakers."""
+    from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
+
+    root = tmp_path_factory.mktemp("speech")
+    rng = np.random.default_rng(0)
+    recs, sups = [], []
+    for i, text in enumerate(TEXTS):
+        n = int(SR * (0.4 + 0.125 * i))
+        t = np.arange(n) / SR
+        wav = 0.3 * np.sin(2 * np.pi * (150 + 60 * i) * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))
+        wav = (wav + 0.01 * rng.standard_normal(n)).astype(np.float32)
+        soundfile.write(root / f"u{i}.wav", wav, SR)
+        rec = Recording.from_file(root / f"u{i}.wav", recording_id=f"u{i}")
+        recs.append(rec)
+        sups.append(SupervisionSegment(f"u{i}", f"u{i}", 0, rec.duration, text=text, speaker=f"s{i % 2}"))
+    cuts = CutSet.from_manifests(recordings=RecordingSet.from_recordings(recs),
+                                 supervisions=SupervisionSet.from_segments(sups))  # fmt: skip
+    cuts.to_file(root / "cuts_val.jsonl.gz")
+    return root
+
+
+@pytest.fixture(scope="module")
+def svae():
+    torch.manual_seed(0)
+    return create_semantic_vae("semantic_vae_tiny", with_projector=False).eval().requires_grad_(False)
+
+
+def _ctx(model, data, out, **options):
+    ckpt = LoadedCheckpoint(model, "/nowhere/svae", "pretrained_dir", "svae", {}, {"id": "svae"})
+    opts = {"num_workers": 0, "batch_size": 2, "chunk_size": 3, "progress": False, **options}
+    return EvalContext(ckpt, str(data), Path(out), EvalOptions(**opts))
+
+
+class _Identity(torch.nn.Module):
+    """A perfect 'tokenizer': the latent is the waveform itself in frames of 400 samples."""
+
+    sample_rate, hop_length, latent_dim = SR, 400, 400
+
+    def encode(self, audio, lengths):
+        return {"mean": torch.nn.functional.pad(audio, (0, -audio.shape[1] % 400)).view(audio.shape[0], -1, 400)}
+
+    def decode(self, latents, lengths):
+        return latents.flatten(1)
+
+
+def test_tokenizer_encodes_each_utterance_as_the_official_code_and_seeds_its_noise(svae, cuts_dir):
+    from unitok.eval.speech_data import SpeechCuts, collate_speech
+
+    ds = SpeechCuts(cuts_dir / "cuts_val.jsonl.gz", SR)
+    batch = collate_speech([ds[1], ds[3]])
+    tok = SpeechTokenizer(svae)
+    out = tok.encode(batch["audio"], batch["audio_lens"], [1, 3], seed=7)
+    n = int(batch["audio_lens"][0])
+    frames = math.ceil(n / 400)
+    assert out["frames"].tolist() == [frames, math.ceil(int(batch["audio_lens"][1]) / 400)]
+    eps = utterance_noise((1, frames, 8), 7, 1)
+    ref = svae.encode(batch["audio"][:1, None, :n], eps=eps)
+    assert torch.equal(out["mean"][0, :frames], ref["mu"][0]) and torch.equal(out["z"][0, :frames], ref["z"][0])
+    assert out["mean"][0, frames:].abs().sum() == 0  # padding frames are zero
+    alone = tok.encode(batch["audio"][:1, :n], batch["audio_lens"][:1], [1], seed=7)
+    assert torch.equal(alone["z"][0], out["z"][0, :frames])  # the batch does not change an utterance's sample
+    audio = tok.decode(out["mean"], batch["audio_lens"])
+    assert audio.shape == batch["audio"].shape and audio[0, n:].abs().sum() == 0
+    with pytest.raises(ValueError, match="not a speech tokenizer"):
+        SpeechTokenizer(torch.nn.Linear(2, 2))
+
+
+def test_reconstruction_suite_metrics_audio_and_batch_independence(svae, cuts_dir, tmp_path):
+    cfg = speech_reconstruction.SpeechReconstructionConfig(save_audio=2)
+    out = speech_reconstruction.run(_ctx(svae, cuts_dir, tmp_path / "a"), cfg)
+    assert set(out.metrics) == {"mel_distance", "stft_distance", "si_sdr"} | ({"pesq"} if "pesq" in out.metrics
+                                                                               else set())  # fmt: skip
+    assert all(math.isfinite(v) for v in out.metrics.values()) and out.metrics["mel_distance"] > 0
+    assert out.data["num_samples"] == 5
+    wav, sr = soundfile.read(tmp_path / "a" / "speech.reconstruction" / "orig_000001.wav")
+    assert sr == SR and len(wav) == int(SR * 0.525)
+    assert not (tmp_path / "a" / "speech.reconstruction" / "orig_000002.wav").exists()
+    other = speech_reconstruction.run(_ctx(svae, cuts_dir, tmp_path / "b", batch_size=3, chunk_size=2), cfg)
+    assert other.metrics == pytest.approx(out.metrics, rel=1e-5)
+    perfect = speech_reconstruction.run(_ctx(_Identity(), cuts_dir, tmp_path / "c"), cfg)
+    assert perfect.metrics["mel_distance"] == pytest.approx(0, abs=1e-6) and perfect.metrics["si_sdr"] > 60
+
+
+def test_latent_stats_suite_equals_the_statistics_of_the_valid_frames(svae, cuts_dir, tmp_path):
+    from unitok.eval.speech_data import SpeechCuts
+
+    cfg = speech_latent_stats.SpeechLatentStatsConfig(split="val", latent="z", seed=3)
+    out = speech_latent_stats.run(_ctx(svae, cuts_dir, tmp_path), cfg)
+    ds = SpeechCuts(cuts_dir / "cuts_val.jsonl.gz", SR)
+    frames = []
+    for i in range(len(ds)):
+        wav = ds[i]["audio"]
+        eps = utterance_noise((1, math.ceil(len(wav) / 400), 8), 3, i)
+        frames.append(svae.encode(wav[None, None], eps=eps)["z"][0])
+    flat = torch.cat(frames).double()
+    saved = LatentStats.load(tmp_path / "latents_stats.pt")
+    assert torch.allclose(saved.mean.flatten().double(), flat.mean(0), atol=1e-6)
+    assert torch.allclose(saved.std.flatten().double(), flat.std(0), rtol=1e-5)
+    assert out.data["latent_frames"] == flat.shape[0]
+
+
+def _tiny_sv_model(path: Path) -> Path:
+    from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMForXVector
+
+    torch.manual_seed(0)
+    cfg = WavLMConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                      conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=16,
+                      num_conv_pos_embedding_groups=2, tdnn_dim=(16, 16, 32), tdnn_kernel=(3, 3, 1),
+                      tdnn_dilation=(1, 2, 1), xvector_output_dim=16, num_buckets=32,
+                      max_bucket_distance=64)  # fmt: skip
+    WavLMForXVector(cfg).save_pretrained(path)
+    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SR, do_normalize=True).save_pretrained(path)
+    return path
+
+
+def test_speaker_similarity_is_one_for_a_perfect_tokenizer(svae, cuts_dir, tmp_path):
+    sv = _tiny_sv_model(tmp_path / "sv")
+    cfg = speech_speaker_similarity.SpeakerSimilarityConfig(sv_model=str(sv))
+    perfect = speech_speaker_similarity.run(_ctx(_Identity(), cuts_dir, tmp_path / "a"), cfg)
+    assert perfect.metrics["similarity"] == pytest.approx(1.0, abs=1e-5)
+    real = speech_speaker_similarity.run(_ctx(svae, cuts_dir, tmp_path / "b"), cfg)
+    assert real.metrics["similarity"] < 0.999
+    with pytest.raises(FileNotFoundError, match="wavlm-base-plus-sv"):
+        speech_speaker_similarity.run(
+            _ctx(svae, cuts_dir, tmp_path / "c"),
+            speech_speaker_similarity.SpeakerSimilarityConfig(sv_model=str(tmp_path)),
+        )
+
+
+def test_f5_normalisation_and_mean_of_utterance_wers():
+    assert f5_normalize("Don't stop, Well-known  facts!") == "dont stop wellknown facts"
+    wers = utterance_wers(["the cat sat", "a b c d", ""], ["the cat", "a b c d", "x"])
+    assert wers[:2] == [pytest.approx(1 / 3), 0.0] and math.isnan(wers[2])
+    with pytest.raises(ValueError, match="2 references but 1"):
+        utterance_wers(["a", "b"], ["a"])
+
+
+def test_intelligibility_suite_averages_per_utterance_wers(svae, cuts_dir, tmp_path, monkeypatch):
+    heard = {}
+
+    def fake_transcriber(cfg, device):
+        def transcribe(audio):  # the reference text of the utterance of that length, one word lost when short
+            n = len(audio)
+            text = TEXTS[round((n / SR - 0.4) / 0.125)]
+            heard[n] = True
+            return text if n > SR * 0.6 else " ".join(text.split()[1:])
+
+        return transcribe
+
+    monkeypatch.setattr(speech_intelligibility, "load_transcriber", fake_transcriber)
+    out = speech_intelligibility.run(_ctx(svae, cuts_dir, tmp_path), speech_intelligibility.IntelligibilityConfig())
+    expected = np.mean([1 / len(f5_normalize(t).split()) if 0.4 + 0.125 * i <= 0.6 else 0.0
+                        for i, t in enumerate(TEXTS)])  # fmt: skip
+    assert out.metrics["wer"] == pytest.approx(expected) and out.metrics["wer_original"] == pytest.approx(expected)
+    rows = [json.loads(line) for line in (tmp_path / out.artifacts["transcripts"]).read_text().splitlines()]
+    assert [r["reference"] for r in rows] == TEXTS and len(heard) == 5
+    with pytest.raises(FileNotFoundError, match="asr_model needs a local model directory"):
+        speech_intelligibility.WhisperTranscriber(None)
+    with pytest.raises(FileNotFoundError, match="whisper-large-v3"):
+        speech_intelligibility.WhisperTranscriber(tmp_path)
