@@ -77,6 +77,8 @@ DATASETS = Registry(
         "toy_shapes": "unitok.modalities.image.builders:build_toy_dataset",
         "image_folder": "unitok.modalities.image.builders:build_image_folder_dataset",
         "webdataset": "unitok.modalities.image.builders:build_webdataset_dataset",
+        "speech_cuts": "unitok.modalities.speech.builders:build_speech_cuts_dataset",
+        "speech_toy": "unitok.modalities.speech.builders:build_speech_toy_dataset",
     },
 )
 

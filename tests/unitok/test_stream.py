@@ -74,3 +74,42 @@ def test_positions_are_per_rank_and_topology_is_checked():
     plain = type("Plain", (IterableDataset,), {"__iter__": lambda self: iter(range(3))})()
     with pytest.raises(TypeError, match="stream"):
         StreamBatches(plain, default_collate, 2)
+
+
+class _Batches(IterableDataset):
+    """A batch stream: consumer ``c`` yields lists of a varying number of ids (like duration-bucketed batches)."""
+
+    yields_batches = True
+
+    def stream(self, consumer, num_consumers, seed, state=None):
+        return _BatchStream(consumer, state or 0)
+
+    def __iter__(self):
+        return self.stream(0, 1, 0)
+
+
+class _BatchStream(_CountingStream):
+    def __next__(self):
+        self.i += 1
+        return [1000 * self.consumer + 10 * self.i + k for k in range(1 + self.i % 3)]
+
+
+def _collate_ids(batch):
+    return {"id": torch.tensor(batch), "noise": torch.rand(len(batch))}
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batch_streams_resume_exactly_and_batch_size_zero_is_checked(workers):
+    make = lambda: StreamBatches(_Batches(), _collate_ids, batch_size=0, num_workers=workers, seed=1)  # noqa: E731
+    ref = _take(make(), 9)
+    assert sorted({len(ids) for ids, _ in ref}) == [1, 2, 3]  # batch sizes come from the data set
+    first = make()
+    got = _take(first, 4)
+    again = make()
+    again.load_state_dict(pickle.loads(pickle.dumps(first.state_dict())))
+    assert got + _take(again, 5) == ref
+    with pytest.raises(ValueError, match="yields whole batches.*batch_size must be 0"):
+        StreamBatches(_Batches(), _collate_ids, batch_size=4)
+    with pytest.raises(ValueError, match="set a positive train.batch_size"):
+        StreamBatches(_Counting(), default_collate, batch_size=0)

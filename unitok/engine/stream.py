@@ -14,6 +14,10 @@ reproduces the uninterrupted sequence of batches. Per-sample randomness (augment
 seeded by (seed, consumer, sample index), so it replays too. The position (batches consumed and every
 consumer's state, gathered from all ranks) goes into the trainer checkpoint; resuming needs the same
 ``world_size`` and number of workers.
+
+Batch streams: a data set whose stream items are already whole batches (e.g. lhotse's duration-bucketed batches of
+speech cuts, whose sizes vary) sets ``yields_batches = True`` and runs with ``batch_size=0``: each item is passed
+alone to ``collate_fn`` (under the item's seeded RNG) and counts as one position step.
 """
 
 from __future__ import annotations
@@ -59,20 +63,31 @@ class _ConsumerBatches(IterableDataset):
         consumer = self.rank * self.workers + ((info.id if info else 0) + self.offset) % self.workers
         saved = self.states.get(consumer, {"samples": 0, "stream": None})
         stream = self.dataset.stream(consumer, self.world_size * self.workers, self.seed, saved["stream"])
-        n = saved["samples"]
+        n = saved["samples"]  # items taken (samples, or batches for a batch stream)
         while True:
-            samples = []
-            for _ in range(self.batch_size):
-                with seeded_rng((self.seed * 1_000_003 + consumer) * 10_000_019 + n):
-                    try:
-                        samples.append(next(stream))
-                    except StopIteration:
-                        raise RuntimeError(
-                            f"the data stream of consumer {consumer} ended; streams must be endless"
-                        ) from None
+            if self.batch_size == 0:  # the items are whole batches
+                with seeded_rng(self._item_seed(consumer, n)):
+                    batch = self.collate_fn(_take(stream, consumer))
                 n += 1
+            else:
+                samples = []
+                for _ in range(self.batch_size):
+                    with seeded_rng(self._item_seed(consumer, n)):
+                        samples.append(_take(stream, consumer))
+                    n += 1
+                batch = self.collate_fn(samples)
             position = {"consumer": consumer, "samples": n, "stream": stream.state_dict()}
-            yield self.collate_fn(samples), pickle.dumps(position)
+            yield batch, pickle.dumps(position)
+
+    def _item_seed(self, consumer: int, n: int) -> int:
+        return (self.seed * 1_000_003 + consumer) * 10_000_019 + n
+
+
+def _take(stream: StreamIterator, consumer: int) -> Any:
+    try:
+        return next(stream)
+    except StopIteration:
+        raise RuntimeError(f"the data stream of consumer {consumer} ended; streams must be endless") from None
 
 
 class StreamBatches:
@@ -80,8 +95,8 @@ class StreamBatches:
 
     Args:
         dataset: the streaming data set.
-        collate_fn: list of samples -> batch (runs in the workers).
-        batch_size: samples per batch.
+        collate_fn: list of samples -> batch (runs in the workers); with ``batch_size=0``: item -> batch.
+        batch_size: samples per batch; 0: the data set yields whole batches (``yields_batches = True``).
         num_workers: DataLoader workers (0: the main process).
         seed: seed of the data order and per-sample randomness.
         rank, world_size: this process and the number of ranks.
@@ -94,6 +109,17 @@ class StreamBatches:
             raise TypeError(
                 f"{type(dataset).__name__} is an iterable data set without "
                 "stream(consumer, num_consumers, seed, state): the trainer cannot resume it exactly"
+            )
+        yields_batches = bool(getattr(dataset, "yields_batches", False))
+        if yields_batches and batch_size != 0:
+            raise ValueError(
+                f"{type(dataset).__name__} yields whole batches (their size is set by the data set, e.g. its "
+                f"max_duration), so batch_size must be 0 (train.batch_size=0), got {batch_size}"
+            )
+        if not yields_batches and batch_size <= 0:
+            raise ValueError(
+                f"batch_size {batch_size}: 0 is for data sets that yield whole batches (yields_batches = True), "
+                f"{type(dataset).__name__} yields samples; set a positive train.batch_size"
             )
         self.dataset, self.collate_fn, self.batch_size = dataset, collate_fn, batch_size
         self.num_workers, self.seed, self.pin_memory = num_workers, seed, pin_memory

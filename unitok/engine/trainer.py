@@ -40,7 +40,8 @@ from unitok.engine.task import Task
 class TrainConfig:
     """Attributes:
     steps: optimiser steps of the run.
-    batch_size: samples per micro-batch per rank.
+    batch_size: samples per micro-batch per rank; 0 for a streaming data set that yields whole batches
+        (``yields_batches``, e.g. speech cuts bucketed by duration, whose batch size the data set decides).
     grad_accum: micro-batches per optimiser step.
     precision: 'bf16' (autocast) or 'fp32'.
     device: 'auto', 'cpu' or 'cuda'.
@@ -122,6 +123,11 @@ class Trainer:
             self.stream = StreamBatches(dataset, collate_fn, cfg.batch_size, cfg.num_workers, cfg.seed,
                                         self.info.rank, self.info.world_size, self.device.type == "cuda")  # fmt: skip
         else:
+            if cfg.batch_size <= 0:
+                raise ValueError(
+                    f"train.batch_size must be positive for the map-style data set {type(dataset).__name__} "
+                    "(0 is for streaming data sets that yield whole batches)"
+                )
             self.dataset = EpochSeeded(dataset, seed=cfg.seed)
             self.sampler = ResumableSampler(
                 len(dataset), seed=cfg.seed, rank=self.info.rank, world_size=self.info.world_size
