@@ -1,7 +1,8 @@
 """Speech evaluation data: utterances of a lhotse CutSet manifest, resampled to the tokenizer's rate.
 
 ``--data`` is a CutSet manifest (``cuts.jsonl.gz``, as written by ``python -m unitok.modalities.speech.data
-prepare ...`` or any lhotse recipe) or a folder holding ``cuts_<split>.jsonl.gz``.
+prepare ...`` or any lhotse recipe), a folder holding ``cuts_<split>.jsonl.gz``, or a folder of wav / flac files
+with side-by-side ``.txt`` transcripts (read by ``cuts_from_folder``).
 
 Shape legend:
     B: utterances, T: samples (longest in the batch)
@@ -19,7 +20,8 @@ from torch.utils.data import Dataset
 
 
 def resolve_manifest(data: str | Path | None, split: str) -> Path:
-    """The CutSet manifest of ``split`` under ``data`` (or ``data`` itself when it is a manifest file)."""
+    """The CutSet manifest of ``split`` under ``data`` (or ``data`` itself when it is a manifest file, or the folder
+    itself when it holds audio files and no manifest)."""
     if data is None:
         raise ValueError("this suite needs --data: a lhotse CutSet manifest or a folder with cuts_<split>.jsonl.gz")
     path = Path(data).expanduser()
@@ -30,6 +32,8 @@ def resolve_manifest(data: str | Path | None, split: str) -> Path:
             if (path / name).is_file():
                 return path / name
         found = sorted(p.name for p in path.glob("*.jsonl*"))
+        if not found:
+            return path  # a folder of audio files
         raise FileNotFoundError(f"--data {path} has no cuts_{split}.jsonl.gz (manifests there: {found or 'none'})")
     raise FileNotFoundError(f"--data {str(path)!r} does not exist")
 
@@ -38,7 +42,7 @@ class SpeechCuts(Dataset):
     """Utterances of a CutSet: ``{"audio": (T,) float32 mono, "text", "speaker", "cut_id", "index"}``.
 
     Args:
-        manifest: a CutSet manifest file.
+        manifest: a CutSet manifest file, or a folder of audio files with ``.txt`` transcripts.
         sample_rate: resample every cut to this rate (lhotse ``cut.resample``).
         max_seconds: truncate longer utterances (None: whole utterances).
     """
@@ -47,8 +51,12 @@ class SpeechCuts(Dataset):
         from lhotse import CutSet
 
         self.manifest = Path(manifest)
-        self.cuts = CutSet.from_file(self.manifest).to_eager()
-        self.cut_list = list(self.cuts)
+        if self.manifest.is_dir():
+            from unitok.modalities.speech.data import cuts_from_folder
+
+            self.cut_list = list(cuts_from_folder(self.manifest, progress=False))
+        else:
+            self.cut_list = list(CutSet.from_file(self.manifest).to_eager())
         if not self.cut_list:
             raise ValueError(f"{self.manifest} holds no cuts")
         self.sample_rate = sample_rate

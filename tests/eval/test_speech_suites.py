@@ -41,6 +41,7 @@ def cuts_dir(tmp_path_factory):
         wav = 0.3 * np.sin(2 * np.pi * (150 + 60 * i) * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))
         wav = (wav + 0.01 * rng.standard_normal(n)).astype(np.float32)
         soundfile.write(root / f"u{i}.wav", wav, SR)
+        (root / f"u{i}.txt").write_text(text)
         rec = Recording.from_file(root / f"u{i}.wav", recording_id=f"u{i}")
         recs.append(rec)
         sups.append(SupervisionSegment(f"u{i}", f"u{i}", 0, rec.duration, text=text, speaker=f"s{i % 2}"))
@@ -94,6 +95,18 @@ def test_tokenizer_encodes_each_utterance_as_the_official_code_and_seeds_its_noi
     assert audio.shape == batch["audio"].shape and audio[0, n:].abs().sum() == 0
     with pytest.raises(ValueError, match="not a speech tokenizer"):
         SpeechTokenizer(torch.nn.Linear(2, 2))
+
+
+def test_eval_data_reads_manifests_and_folders_of_audio(cuts_dir, tmp_path):
+    from unitok.eval.speech_data import SpeechCuts, resolve_manifest
+
+    assert resolve_manifest(cuts_dir, "val") == cuts_dir / "cuts_val.jsonl.gz"
+    with pytest.raises(FileNotFoundError, match="no cuts_train.jsonl.gz"):
+        resolve_manifest(cuts_dir, "train")
+    folder = SpeechCuts(cuts_dir, SR)  # the wav + txt files themselves
+    manifest = SpeechCuts(cuts_dir / "cuts_val.jsonl.gz", 8000)  # resampled on the fly
+    assert [folder[i]["text"] for i in range(5)] == TEXTS and folder[0]["speaker"] is None
+    assert len(manifest[0]["audio"]) == len(folder[0]["audio"]) // 2
 
 
 def test_reconstruction_suite_metrics_audio_and_batch_independence(svae, cuts_dir, tmp_path):
