@@ -79,17 +79,55 @@ def test_full_recipes_read_webdataset_shards_or_an_image_folder(name, tmp_path):
 
 
 GAN = [p for p in RECIPES if p.stem.endswith("_gan")]
+#: stage-2 task -> (its stage-1 task, its config class)
+STAGES = {
+    "vtp_gan": ("vtp", "unitok.modalities.image.gan_task:VTPGANTaskConfig"),
+    "speech_gan": ("speech", "unitok.modalities.speech.speech_gan_task:SpeechGANTaskConfig"),
+}
 
 
 @pytest.mark.parametrize("recipe", GAN, ids=[p.stem for p in GAN])
 def test_gan_recipes_start_from_their_stage1_model(recipe):
+    import importlib
+
     from unitok.config import build_config
-    from unitok.modalities.image.gan_task import VTPGANTaskConfig
 
     cfg = load_run_config(recipe)
     stage1 = load_run_config(recipe.with_name(recipe.stem.removesuffix("_gan") + ".yaml"))
-    assert cfg.task.name == "vtp_gan" and stage1.task.name == "vtp"
+    stage1_task, config_class = STAGES[cfg.task.name]
+    assert stage1.task.name == stage1_task
     assert (cfg.model.name, cfg.model.overrides) == (stage1.model.name, stage1.model.overrides)
-    params = build_config(VTPGANTaskConfig, cfg.task.params)  # strict: unknown keys fail
-    assert params.init_from and params.adversarial.disc_weight > 0 and params.disc_optim.weight_decay == 0
-    assert set(cfg.losses.terms) == {"rec_l1", "rec_lpips"}
+    module, attr = config_class.split(":")
+    params = build_config(getattr(importlib.import_module(module), attr), cfg.task.params)  # strict: unknown keys fail
+    assert params.init_from and params.adversarial.disc_weight > 0
+    if cfg.task.name == "vtp_gan":
+        assert params.disc_optim.weight_decay == 0 and set(cfg.losses.terms) == {"rec_l1", "rec_lpips"}
+    else:  # the decoder keeps stage 1's reconstruction objective: same terms, weights and resolutions
+        rec = {k: v for k, v in stage1.losses.terms.items() if k.startswith("rec")}
+        assert {k: v.weight for k, v in cfg.losses.terms.items() if k.startswith("rec")} == {
+            k: v.weight for k, v in rec.items()
+        }
+        assert cfg.task.params.get("reconstruction") == stage1.task.params.get("reconstruction")
+
+
+SPEECH = sorted((Path(__file__).resolve().parents[1] / "recipes" / "speech").glob("unitok_speech_*_p320_d64.yaml"))
+
+
+@pytest.mark.parametrize("recipe", SPEECH, ids=[p.stem for p in SPEECH])
+def test_full_speech_recipes_use_their_named_geometry(recipe):
+    cfg = load_run_config(recipe)
+    assert cfg.model.name == recipe.stem and cfg.task.name == "speech"
+    with torch.device("meta"):
+        model = unitok.create_model(cfg.model.name, **cfg.model.overrides)
+    assert model.latent_rate == 50.0 and model.latent_dim == 64 and model.is_gaussian
+    assert {"clip", "dino", "ibot", "koleo", "rec_mel", "kl", "align"} <= set(cfg.losses.terms)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
+def test_recipes_name_registered_data_sets(recipe):
+    from unitok.registry import DATASETS
+
+    cfg = load_run_config(recipe)
+    if cfg.data.name not in DATASETS and cfg.data.name.startswith("speech"):
+        pytest.skip(f"speech data set {cfg.data.name!r} is not registered yet (written by the speech-data work)")
+    assert cfg.data.name in DATASETS

@@ -50,6 +50,7 @@ MODEL_TYPES = Registry(
     {
         "vtp": "unitok.modalities.image.vtp:VTPModel",
         "unitok_autoencoder": "unitok.models.autoencoder:TransformerAutoencoder",
+        "unitok_speech": "unitok.modalities.speech.vtp_speech:SpeechTokenizerModel",
     },
 )
 #: modality adapters by data key
@@ -68,6 +69,8 @@ TASKS = Registry(
         "autoencoder": "unitok.engine.builders:build_autoencoder_task",
         "vtp": "unitok.modalities.image.builders:build_vtp_task",
         "vtp_gan": "unitok.modalities.image.builders:build_vtp_gan_task",
+        "speech": "unitok.modalities.speech.speech_task:build_speech_task",
+        "speech_gan": "unitok.modalities.speech.speech_gan_task:build_speech_gan_task",
     },
 )
 #: training data sets: name -> builder(params, split) -> (dataset, collate_fn)

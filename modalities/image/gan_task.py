@@ -18,13 +18,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from unitok.engine.optim import OptimConfig
+from unitok.engine.stage2 import PartlyTrainable, check_same_architecture, stage1_state_dict
 from unitok.engine.task import Task
 from unitok.losses.adversarial import AdversarialConfig, AdversarialLoss
 from unitok.losses.compose import LossComposer
@@ -59,33 +58,6 @@ class VTPGANTaskConfig:
     disc_optim: OptimConfig = field(default_factory=_disc_optim)
 
 
-def _stage1_state_dict(path: Path) -> tuple[dict[str, torch.Tensor] | None, str]:
-    """(unitok-layout state dict, source) from a checkpoint file; (None, dir) for a pretrained directory."""
-    from unitok.engine.checkpoint import latest_checkpoint, load_checkpoint
-
-    if path.is_dir() and (path / "model" / "config.json").is_file():
-        return None, str(path / "model")
-    if path.is_dir() and (path / "config.json").is_file():
-        return None, str(path)
-    if path.is_dir():
-        ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        found = latest_checkpoint(ckpt_dir)
-        if found is None:
-            raise FileNotFoundError(
-                f"init_from={str(path)!r} holds neither model/config.json, config.json nor a checkpoint "
-                "(checkpoints/step_*.pt): point it at a stage-1 run directory, its model/ or a checkpoint file"
-            )
-        path = found
-    ckpt = load_checkpoint(path)  # names the path when missing or unreadable
-    if ckpt.get("ema") is not None:
-        return ckpt["ema"], f"{path} (EMA)"
-    prefix = "student.model."
-    sd = {k[len(prefix) :]: v for k, v in ckpt["trainable"].items() if k.startswith(prefix)}
-    if not sd:
-        raise ValueError(f"{path} holds no VTP weights (no 'student.model.*' keys): not a VTP run's checkpoint")
-    return sd, str(path)
-
-
 def load_stage1(model: VTPModel, init_from: str) -> str:
     """Load the stage-1 weights into ``model`` (strict: same configuration, keys and shapes); returns the source."""
     from unitok.modalities.image.vtp_config import VTPConfig
@@ -93,38 +65,23 @@ def load_stage1(model: VTPModel, init_from: str) -> str:
 
     if not init_from:
         raise ValueError("task.params.init_from is required: the stage-1 run directory (e.g. runs/image_tiny)")
-    path = Path(init_from).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"init_from={init_from!r} does not exist (expected a stage-1 run directory)")
-    sd, source = _stage1_state_dict(path)
+    sd, source = stage1_state_dict(init_from, what="VTP")
     if sd is None:
         saved = dataclasses.asdict(VTPConfig.from_dict(read_config(source)))
-        wanted = dataclasses.asdict(model.config)
-        diff = [f"{k}: {saved[k]!r} there, {wanted[k]!r} in the recipe" for k in wanted if saved[k] != wanted[k]]
-        if diff:
-            raise ValueError(f"{source} is a different architecture from the recipe's model ({'; '.join(diff)})")
+        check_same_architecture(saved, dataclasses.asdict(model.config), source)
         model.load_official_state_dict(read_weights(source), source=f"{source}/model.safetensors")
     else:
         load_state_dict_strict(model, sd, source)
     return source
 
 
-class PixelDecoderStudent(nn.Module):
+class PixelDecoderStudent(PartlyTrainable):
     """A VTP model with everything but the pixel decoder frozen: ``forward(images (B, 3, H, W)) -> recon``."""
 
     def __init__(self, model: VTPModel):
-        super().__init__()
         if model.autoencoder.decoder is None:
             raise ValueError("GAN fine-tuning needs a model with a pixel decoder (train_reconstruction=True)")
-        self.model = model.requires_grad_(False)
-        for name in PIXEL_DECODER:
-            getattr(model.autoencoder, name).requires_grad_(True)
-
-    def train(self, mode: bool = True) -> PixelDecoderStudent:
-        super().train(False)  # frozen parts stay in eval mode
-        for name in PIXEL_DECODER:
-            getattr(self.model.autoencoder, name).train(mode)
-        return self
+        super().__init__(model, [f"autoencoder.{name}" for name in PIXEL_DECODER])
 
     def last_layer(self) -> torch.Tensor:
         """The decoder's last weight as the latest forward used it (FSDP2 keeps the root unsharded until backward)."""

@@ -33,6 +33,7 @@ from unitok.models.pretrained import (
     read_weights,
     write_pretrained,
 )
+from unitok.models.text import TextTowerConfig, build_text_tower
 from unitok.models.transformer import TransformerConfig
 
 #: the official RoPE dtype
@@ -72,30 +73,6 @@ def autoencoder_config(cfg: VTPConfig, rope_dtype: str = OFFICIAL_ROPE_DTYPE) ->
     )
 
 
-def _text_tower(cfg: VTPConfig) -> nn.Module:
-    from open_clip.transformer import LayerNorm, QuickGELU, TextTransformer
-
-    return TextTransformer(
-        context_length=cfg.text_context_length,
-        vocab_size=cfg.text_vocab_size,
-        width=cfg.text_embed_dim,
-        heads=cfg.text_num_heads,
-        layers=cfg.text_depth,
-        mlp_ratio=cfg.text_mlp_ratio,
-        ls_init_value=cfg.text_ls_init_value,  # open_clip initialises LayerScale (the official HF model does not)
-        output_dim=cfg.text_embed_dim,
-        embed_cls=False,
-        no_causal_mask=cfg.text_no_causal_mask,
-        pad_id=cfg.text_pad_id,
-        pool_type=cfg.text_pool_type,
-        proj_type=cfg.text_proj_type,
-        proj_bias=cfg.text_proj_bias,
-        output_tokens=cfg.text_output_tokens,
-        act_layer=QuickGELU if cfg.text_quick_gelu else nn.GELU,
-        norm_layer=LayerNorm,
-    )
-
-
 class VTPModel(nn.Module):
     """The VTP tokenizer with the official public API.
 
@@ -117,7 +94,7 @@ class VTPModel(nn.Module):
             proj_in = cfg.vision_embed_dim if cfg.vision_bottleneck_ae_only else cfg.vision_feature_bottleneck
             self.visual_proj = nn.Linear(proj_in, cfg.text_embed_dim, bias=False)
             nn.init.trunc_normal_(self.visual_proj.weight, std=0.02)
-            self.text = _text_tower(cfg)
+            self.text = build_text_tower(TextTowerConfig.from_prefixed(cfg))
             # The official code uses `init_logit_scale or log(1/0.07)`; an explicit 0.0 is honoured here.
             shape = [1] if cfg.nonscalar_logit_scale else []
             init = math.log(1 / 0.07) if cfg.init_logit_scale is None else cfg.init_logit_scale

@@ -15,7 +15,6 @@ Shape legend:
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -23,52 +22,29 @@ from typing import Any
 import torch
 from torch import nn
 
-from unitok.engine.optim import cosine_schedule
-from unitok.engine.task import Task
+from unitok.engine.self_distillation import SSL_TERMS, SelfDistillationConfig, SelfDistillationMixin, head_logits
+from unitok.engine.task import Task, random_subset
 from unitok.losses.compose import LossComposer
 from unitok.losses.contrastive import ContrastiveLoss, clamp_logit_scale_
-from unitok.losses.distillation import DINOLoss, KoLeoLoss, iBOTPatchLoss, teacher_temperature_schedule
 from unitok.losses.reconstruction import ReconstructionLoss
 from unitok.masking import sample_ibot_masks
 from unitok.modalities.image.vtp import VTPModel
 from unitok.models.heads import DINOHead
 
-SSL_TERMS = ("dino", "ibot", "koleo")
-
 
 @dataclass
-class VTPTaskConfig:
-    """Attributes (GUESSES where the paper is silent are marked in the recipes):
+class VTPTaskConfig(SelfDistillationConfig):
+    """Attributes (GUESSES where the paper is silent are marked in the recipes), besides the self-distillation ones
+    of :class:`~unitok.engine.self_distillation.SelfDistillationConfig` (head, temperatures, EMA, iBOT masks):
     contrastive: 'clip' (softmax) or 'siglip' (sigmoid, needs init_logit_bias).
     ssl_batch, rec_batch: subset sizes of the SSL and reconstruction losses (0 or >= B: the whole batch); when the
         data makes crops for its first n samples only (multicrop ``crops_per_batch``), they are the SSL subset.
-    head_prototypes, head_hidden, head_bottleneck, head_layers: the shared DINO/iBOT head.
-    centering: 'centering' (EMA center) or 'sinkhorn_knopp'.
-    student_temp, teacher_temp, teacher_temp_warmup_start, teacher_temp_warmup_steps: temperatures.
-    momentum_start, momentum_end: EMA teacher momentum (cosine over the run).
-    freeze_last_layer_steps: prototypes frozen for these first steps (DINOv2: one epoch).
-    mask_ratio_min, mask_ratio_max, mask_probability: iBOT block masking of the student global crops.
     vgg_weights: torchvision VGG16 file for LPIPS (only read when the LPIPS weight is > 0).
     """
 
     contrastive: str = "clip"
     ssl_batch: int = 0
     rec_batch: int = 0
-    head_prototypes: int = 65536
-    head_hidden: int = 2048
-    head_bottleneck: int = 256
-    head_layers: int = 3
-    centering: str = "centering"
-    student_temp: float = 0.1
-    teacher_temp: float = 0.07
-    teacher_temp_warmup_start: float = 0.04
-    teacher_temp_warmup_steps: int = 0
-    momentum_start: float = 0.992
-    momentum_end: float = 1.0
-    freeze_last_layer_steps: int = 0
-    mask_ratio_min: float = 0.1
-    mask_ratio_max: float = 0.5
-    mask_probability: float = 0.5
     vgg_weights: str | None = None
 
 
@@ -99,26 +75,13 @@ class VTPStudent(nn.Module):
             out["recon"] = m.decode_features(feats.tokens, tokens.meta["grid"])
         if "ssl_global" in inputs:
             _, g = m.encode_features(inputs["ssl_global"], inputs.get("ibot_masks"))
-            out["global_cls"] = g.cls
-            rows = [g.cls]
+            loc = m.encode_features(inputs["ssl_local"])[1] if "ssl_local" in inputs else None
             patches = inputs.get("ibot_masks", inputs.get("teacher_masks"))
-            if patches is not None:
-                rows.append(g.tokens[patches])
-            if "ssl_local" in inputs:
-                _, loc = m.encode_features(inputs["ssl_local"])
-                rows.append(loc.cls)
-            logits = self.head(torch.cat(rows))  # one head pass over CLS, masked patches and local CLS
-            sizes = [r.shape[0] for r in rows]
-            parts = list(logits.split(sizes))
-            out["global_logits"] = parts.pop(0)
-            if patches is not None:
-                out["masked_patch_logits"] = parts.pop(0)
-            if "ssl_local" in inputs:
-                out["local_logits"] = parts.pop(0)
+            out.update(head_logits(self.head, g, patches, loc))  # one head pass over CLS, masked and local CLS
         return out
 
 
-class VTPTask(Task):
+class VTPTask(SelfDistillationMixin, Task):
     """CLIP + DINO/iBOT/KoLeo + L1/LPIPS reconstruction on one VTP model, with an EMA teacher."""
 
     trainable = ("student",)
@@ -139,45 +102,28 @@ class VTPTask(Task):
         if self.use_ssl:
             head = DINOHead(width, cfg.head_prototypes, cfg.head_hidden, cfg.head_bottleneck, cfg.head_layers)
         self.student = VTPStudent(model, head)
-        self.teacher = self._make_teacher() if self.use_ssl else None
+        self.teacher = self._make_vtp_teacher() if self.use_ssl else None
         self.tokenizer = model.get_tokenizer() if self.use_clip else None
         self.contrastive = ContrastiveLoss(cfg.contrastive)
-        self.dino = DINOLoss(cfg.head_prototypes, cfg.student_temp)
-        self.ibot = iBOTPatchLoss(cfg.head_prototypes, cfg.student_temp)
-        self.koleo = KoLeoLoss()
+        self._init_self_distillation(cfg, total_steps)
         perceptual = None
         if composer.active("rec_lpips"):
             from unitok.losses.perceptual import LPIPS
 
             perceptual = LPIPS(vgg_weights=cfg.vgg_weights)  # stops at start-up, saying where the VGG file goes
         self.reconstruction = ReconstructionLoss(partial(model.adapter.denormalize, clamp=False), perceptual)
-        self.momentum_at = cosine_schedule(cfg.momentum_start, cfg.momentum_end, total_steps)
 
-    def _make_teacher(self) -> VTPStudent:
+    def _make_vtp_teacher(self) -> VTPStudent:
         """EMA teacher: a frozen copy of the student's trunk and head (no decoder, no text tower)."""
         model = self.student.model
         unused = [(model.autoencoder, n) for n in ("decoder", "decoder_embed", "decoder_head")]
         unused += [(model, "text"), (model, "visual_proj")]
-        keep = [getattr(owner, name) for owner, name in unused]
-        for owner, name in unused:
-            setattr(owner, name, None)
-        try:
-            teacher = copy.deepcopy(self.student)
-        finally:
-            for (owner, name), module in zip(unused, keep, strict=True):
-                setattr(owner, name, module)
-        return teacher.requires_grad_(False).eval()
+        return self._make_teacher(unused)
 
     def export_model(self) -> VTPModel:
         return self.student.model
 
     # ------------------------------------------------------------------------------------------ inputs
-    @staticmethod
-    def _subset(batch_size: int, size: int, device) -> torch.Tensor | None:
-        if size <= 0 or size >= batch_size:
-            return None
-        return torch.randperm(batch_size)[:size].to(device)
-
     def _inputs(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
         images = batch["image"]
         B, device = images.shape[0], images.device
@@ -186,7 +132,7 @@ class VTPTask(Task):
             inputs["clip_images"] = images
             inputs["text"] = self.tokenizer(batch["text"]).to(device)
         if self.use_rec:
-            idx = self._subset(B, self.cfg.rec_batch, device)
+            idx = random_subset(B, self.cfg.rec_batch, device)
             if self.use_clip:
                 inputs["rec_index"] = idx if idx is not None else torch.arange(B, device=device)
             else:
@@ -202,7 +148,7 @@ class VTPTask(Task):
                     )
                 idx = None
             else:
-                idx = self._subset(B, self.cfg.ssl_batch, device)
+                idx = random_subset(B, self.cfg.ssl_batch, device)
             pick = (lambda x: x) if idx is None else (lambda x: x[idx])
             glob = torch.cat([pick(c) for c in batch["global_crops"]])
             inputs["ssl_global"] = glob
@@ -217,46 +163,6 @@ class VTPTask(Task):
         return inputs
 
     # ------------------------------------------------------------------------------------------ losses
-    def _teacher_targets(self, inputs: dict[str, torch.Tensor], step: int):
-        temp = teacher_temperature_schedule(
-            step, self.cfg.teacher_temp_warmup_steps, self.cfg.teacher_temp_warmup_start, self.cfg.teacher_temp
-        )
-        with torch.no_grad():  # through the teacher's forward: FSDP gathers its shards there
-            query = {"ssl_global": inputs["ssl_global"]}
-            if "ibot_masks" in inputs:
-                query["teacher_masks"] = inputs["ibot_masks"]
-            out = self.teacher(query)
-            cls_logits, patch_logits = out["global_logits"].float(), out.get("masked_patch_logits")
-            patch_logits = patch_logits.float() if patch_logits is not None else None
-            G = 2
-            cls_logits = cls_logits.view(G, -1, cls_logits.shape[-1])
-            # every rank makes the same collective calls, whatever its number of masked patches
-            if self.cfg.centering == "sinkhorn_knopp":
-                cls_t = self.dino.sinkhorn_knopp_teacher(cls_logits, temp)
-                patch_t = self.ibot.sinkhorn_knopp_teacher(patch_logits, temp) if "ibot_masks" in inputs else None
-            else:
-                cls_t = self.dino.softmax_center_teacher(cls_logits, temp)
-                self.dino.update_center(cls_logits)
-                patch_t = None
-                if "ibot_masks" in inputs:
-                    patch_t = self.ibot.softmax_center_teacher(patch_logits, temp)
-                    self.ibot.update_center(patch_logits)
-        return cls_t, patch_t
-
-    def _ssl_terms(self, inputs, out, step) -> dict[str, torch.Tensor]:
-        cls_t, patch_t = self._teacher_targets(inputs, step)
-        G, terms = 2, {}
-        student_global = out["global_logits"].view(G, -1, out["global_logits"].shape[-1])
-        if self.composer.active("dino"):
-            local = out.get("local_logits")
-            local = local.view(-1, student_global.shape[1], local.shape[-1]) if local is not None else None
-            terms.update(self.dino.terms(student_global, local, cls_t))
-        if "ibot_masks" in inputs:
-            terms.update(self.ibot.terms(out["masked_patch_logits"], patch_t, inputs["ibot_masks"]))
-        if self.composer.active("koleo"):
-            terms.update(self.koleo.terms(out["global_cls"].view(G, -1, out["global_cls"].shape[-1])))
-        return terms
-
     def training_forward(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         inputs = self._inputs(batch, step)
         out = self.call("student", {k: v for k, v in inputs.items() if k != "rec_target"})
@@ -271,19 +177,9 @@ class VTPTask(Task):
         return self.composer(terms, step)
 
     # ------------------------------------------------------------------------------------------ step hooks
-    def before_optimizer_step(self, step: int) -> None:
-        """Freeze the prototypes for the first steps (grad None: AdamW neither moves nor decays them)."""
-        if self.student.head is not None and step < self.cfg.freeze_last_layer_steps:
-            for p in self.student.head.last_layer_parameters():
-                p.grad = None
-
     @torch.no_grad()
     def after_step(self, step: int) -> None:
         m = self.student.model
         if m.logit_scale is not None:
             clamp_logit_scale_(m.logit_scale)
-        if self.teacher is not None:
-            momentum = self.momentum_at(step)
-            student = dict(self.student.named_parameters())
-            pairs = [(t, student[n].detach()) for n, t in self.teacher.named_parameters()]
-            torch._foreach_lerp_([t for t, _ in pairs], [s for _, s in pairs], 1.0 - momentum)
+        self._update_teacher(step)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unitok.losses.alignment import masked_negative_cosine
 from unitok.modalities.speech.bigvgan import BigVGAN
 from unitok.modalities.speech.semantic_vae_config import SEMANTIC_VAE_PRESETS, SemanticVAEConfig
 from unitok.modalities.speech.semantic_vae_modules import AttnProjection, DACEncoder, SSLProjector, valid_frames
@@ -149,9 +150,7 @@ class SemanticVAE(nn.Module):
         """
         lengths = self._ssl_lengths(ssl_features, ssl_lengths)
         target = self.project_ssl(ssl_features, lengths, z.shape[1])
-        valid = valid_frames(lengths, z.shape[1]).to(z.dtype)
-        neg_cos = -F.cosine_similarity(z, target, dim=-1)
-        return ((neg_cos * valid).sum(dim=1) / valid.sum(dim=1)).mean()
+        return masked_negative_cosine(z, target, valid_frames(lengths, z.shape[1]))
 
     # ------------------------------------------------------------------------------------------ forward
     def forward(

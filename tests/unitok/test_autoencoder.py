@@ -114,3 +114,20 @@ def test_console_entry_lists_models(capsys):
 
     list_models_cli(["vtp_l*"])
     assert capsys.readouterr().out.split() == ["vtp_l_f16d64"]
+
+
+def test_gaussian_bottleneck_samples_in_training_and_gives_the_mean_otherwise():
+    from unitok.models.autoencoder import AutoencoderConfig
+
+    model = unitok.create_model("unitok_tiny_wav_p320_d8", bottleneck="gaussian")
+    assert model.is_gaussian and "bottleneck_logvar.weight" in model.state_dict()
+    t = random_tokens(2, (6,), 320)
+    mean, logvar = model.posterior(model.encode_features(t).tokens)
+    out = model.eval()(t)
+    assert torch.equal(out["latents"].x, mean) and torch.equal(out["aux"]["logvar"], logvar)
+    assert torch.equal(model.encode(t).x, mean) and not torch.equal(model.encode(t, sample=True).x, mean)
+    sampled = model.train()(t)
+    assert not torch.equal(sampled["latents"].x, sampled["aux"]["mean"])
+    assert not unitok.create_model("unitok_tiny_wav_p320_d8").is_gaussian
+    with pytest.raises(ValueError, match="linear' or 'gaussian"):
+        AutoencoderConfig(bottleneck="vq")

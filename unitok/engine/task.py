@@ -27,6 +27,13 @@ from unitok.losses.compose import LossComposer
 from unitok.models.autoencoder import TransformerAutoencoder
 
 
+def random_subset(batch_size: int, size: int, device: torch.device | str | None = None) -> torch.Tensor | None:
+    """Indices of ``size`` random samples of a batch (global torch RNG); None for the whole batch (size 0 or >= B)."""
+    if size <= 0 or size >= batch_size:
+        return None
+    return torch.randperm(batch_size)[:size].to(device)
+
+
 class Task(nn.Module):
     """Base class. Subclasses set ``trainable`` and implement :meth:`training_forward`."""
 

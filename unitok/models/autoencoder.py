@@ -4,6 +4,10 @@ The autoencoder never knows the modality: an adapter turns signals into :class:`
 ``patch_dim`` values and back. A conv patch embedding with kernel = stride = p is the in-projection of
 flattened (C, p, p) patches; a 1x1 conv + PixelShuffle output is the out-projection + unpatchify.
 
+Bottleneck: ``linear`` (one projection D -> L, the VTP one) or ``gaussian`` (a VAE posterior: mean and log-variance
+heads D -> L, the log-variance clamped to [``logvar_min``, ``logvar_max``] as Semantic-VAE's [-12, 12]; latents
+are sampled ``mu + exp(logvar / 2)·eps`` in training and are the mean otherwise).
+
 Shape legend:
     B: batch, N: tokens, P: patch_dim, D: encoder width, L: latent dim, Dd: decoder width
 """
@@ -31,7 +35,9 @@ class AutoencoderConfig:
     latent_dim: bottleneck width L; equal to the encoder width means no bottleneck layer.
     encoder: the encoder stack.
     decoder: the decoder stack (no prefix tokens); None builds an encoder-only model.
-    bottleneck_bias: bias of the bottleneck projection (VTP: none).
+    bottleneck_bias: bias of the bottleneck projection(s) (VTP: none).
+    bottleneck: 'linear' (latents = a projection) or 'gaussian' (mean and log-variance heads, sampled latents).
+    logvar_min, logvar_max: clamp of the Gaussian log-variance (Semantic-VAE: [-12, 12]).
     """
 
     patch_dim: int = 768
@@ -39,8 +45,15 @@ class AutoencoderConfig:
     encoder: TransformerConfig = field(default_factory=TransformerConfig)
     decoder: TransformerConfig | None = field(default_factory=_decoder_default)
     bottleneck_bias: bool = False
+    bottleneck: str = "linear"
+    logvar_min: float = -12.0
+    logvar_max: float = 12.0
 
     def __post_init__(self) -> None:
+        if self.bottleneck not in ("linear", "gaussian"):
+            raise ValueError(f"bottleneck must be 'linear' or 'gaussian', got {self.bottleneck!r}")
+        if self.logvar_min >= self.logvar_max:
+            raise ValueError(f"need logvar_min < logvar_max, got [{self.logvar_min}, {self.logvar_max}]")
         if isinstance(self.encoder, dict):
             self.encoder = TransformerConfig(**self.encoder)
         if isinstance(self.decoder, dict):
@@ -77,9 +90,13 @@ class TransformerAutoencoder(nn.Module):
         enc, dec = cfg.encoder, cfg.decoder
         self.patch_embed = nn.Linear(cfg.patch_dim, enc.dim)
         self.encoder = TransformerStack(enc)
+        gaussian = cfg.bottleneck == "gaussian"
         self.bottleneck = (
-            nn.Linear(enc.dim, cfg.latent_dim, bias=cfg.bottleneck_bias) if cfg.latent_dim != enc.dim else None
-        )
+            nn.Linear(enc.dim, cfg.latent_dim, bias=cfg.bottleneck_bias)
+            if cfg.latent_dim != enc.dim or gaussian
+            else None
+        )  # the mean head of a Gaussian bottleneck
+        self.bottleneck_logvar = nn.Linear(enc.dim, cfg.latent_dim, bias=cfg.bottleneck_bias) if gaussian else None
         self.decoder_embed = nn.Linear(cfg.latent_dim, dec.dim) if dec is not None else None
         self.decoder = TransformerStack(dec) if dec is not None else None
         self.decoder_head = nn.Linear(dec.dim, cfg.patch_dim) if dec is not None else None
@@ -90,7 +107,7 @@ class TransformerAutoencoder(nn.Module):
         bound = self.cfg.patch_dim**-0.5
         nn.init.uniform_(self.patch_embed.weight, -bound, bound)
         nn.init.uniform_(self.patch_embed.bias, -bound, bound)
-        for lin in (self.bottleneck, self.decoder_embed, self.decoder_head):
+        for lin in (self.bottleneck, self.bottleneck_logvar, self.decoder_embed, self.decoder_head):
             if lin is not None:
                 nn.init.trunc_normal_(lin.weight, std=0.02)
                 if lin.bias is not None:
@@ -99,6 +116,11 @@ class TransformerAutoencoder(nn.Module):
     @property
     def latent_dim(self) -> int:
         return self.cfg.latent_dim
+
+    @property
+    def is_gaussian(self) -> bool:
+        """Whether the bottleneck is a Gaussian posterior (mean and log-variance heads)."""
+        return self.bottleneck_logvar is not None
 
     # ------------------------------------------------------------------------------------------ encoder
     def embed(self, tokens: Tokens, pre_embedded: bool = False) -> torch.Tensor:
@@ -128,12 +150,33 @@ class TransformerAutoencoder(nn.Module):
         return EncoderOutput(cls=cls, prefix=out.prefix, tokens=out.tokens, prenorm=out.prenorm)
 
     def apply_bottleneck(self, features: torch.Tensor) -> torch.Tensor:
-        """(..., D) -> (..., L)."""
+        """(..., D) -> (..., L): the projection, or the posterior mean of a Gaussian bottleneck."""
         return self.bottleneck(features) if self.bottleneck is not None else features
 
-    def encode(self, tokens: Tokens) -> Tokens:
-        """Tokens -> latent Tokens: x is (B, N, L), the same coordinates, mask and meta."""
-        return tokens.with_x(self.apply_bottleneck(self.encode_features(tokens).tokens))
+    def posterior(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(..., D) -> (mean (..., L), clamped log-variance (..., L) or None for a linear bottleneck)."""
+        mean = self.apply_bottleneck(features)
+        if self.bottleneck_logvar is None:
+            return mean, None
+        return mean, self.bottleneck_logvar(features).clamp(self.cfg.logvar_min, self.cfg.logvar_max)
+
+    @staticmethod
+    def sample_latents(
+        mean: torch.Tensor, logvar: torch.Tensor | None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """``mean + exp(logvar / 2)·eps`` with eps ~ N(0, I) (the mean itself when ``logvar`` is None)."""
+        if logvar is None:
+            return mean
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + torch.exp(0.5 * logvar) * eps
+
+    def encode(self, tokens: Tokens, sample: bool = False) -> Tokens:
+        """Tokens -> latent Tokens: x is (B, N, L), the same coordinates, mask and meta.
+
+        A Gaussian bottleneck gives its mean, or a sample with ``sample=True``.
+        """
+        mean, logvar = self.posterior(self.encode_features(tokens).tokens)
+        return tokens.with_x(self.sample_latents(mean, logvar) if sample else mean)
 
     def forward_intermediates(
         self, tokens: Tokens, indices=None, norm: bool = False, stop_early: bool = True, pre_embedded: bool = False
@@ -158,12 +201,19 @@ class TransformerAutoencoder(nn.Module):
         out = self.decoder(self.decoder_embed(latents.x), latents.coords, latents.mask)
         return latents.with_x(self.decoder_head(out.tokens))
 
-    def forward(self, tokens: Tokens) -> dict[str, Any]:
-        """Tokens -> dict(latents (Tokens), recon (Tokens), features (EncoderOutput), aux (dict))."""
+    def forward(self, tokens: Tokens, sample: bool | None = None) -> dict[str, Any]:
+        """Tokens -> dict(latents (Tokens), recon (Tokens), features (EncoderOutput), aux (dict)).
+
+        A Gaussian bottleneck decodes a sample (``sample``; default: in training mode) and puts ``mean`` and
+        ``logvar`` (B, N, L) in ``aux``.
+        """
         features = self.encode_features(tokens)
-        latents = tokens.with_x(self.apply_bottleneck(features.tokens))
+        mean, logvar = self.posterior(features.tokens)
+        aux = {} if logvar is None else {"mean": mean, "logvar": logvar}
+        sample = self.training if sample is None else sample
+        latents = tokens.with_x(self.sample_latents(mean, logvar) if sample else mean)
         recon = self.decode(latents) if self.decoder is not None else None
-        return {"latents": latents, "recon": recon, "features": features, "aux": {}}
+        return {"latents": latents, "recon": recon, "features": features, "aux": aux}
 
     # ------------------------------------------------------------------------------------------ checkpoints
     model_type = "unitok_autoencoder"

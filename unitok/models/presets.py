@@ -1,7 +1,8 @@
 """The presets table: model name -> factory and configuration.
 
 Names carry geometry: ``unitok_<size>_<img|wav>_p<patch>_d<latent>`` (patch = pixels per side for images,
-samples per frame for 16 kHz audio) and the released VTP names ``vtp_<s|b|l>_f16d64``.
+samples per frame for 16 kHz audio), the speech tokenizers ``unitok_speech_<size>_p<frame>_d<latent>`` (with their
+speech-text head) and the released VTP names ``vtp_<s|b|l>_f16d64``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # speech: 16 kHz mono, frames of 320 samples (50 latents per second), 1-D coordinates
     **{f"unitok_{s}_wav_p320_d64": _ae(s, 320, 64, 1) for s in ("s", "b")},
     "unitok_tiny_wav_p320_d8": _ae("tiny", 320, 8, 1),
+    # the speech tokenizer (speech-text head, Gaussian or linear bottleneck): SpeechTokenizerModel, SPEECH_PRESETS
+    **{f"unitok_speech_{s}_p320_d64": {"factory": "unitok.modalities.speech.vtp_speech:create_speech_tokenizer"}
+       for s in ("tiny", "s", "b")},
     # the released VTP tokenizers (official architecture and checkpoint layout)
     **{name: {"factory": "unitok.modalities.image.vtp:create_vtp"} for name in
        ("vtp_s_f16d64", "vtp_b_f16d64", "vtp_l_f16d64")},

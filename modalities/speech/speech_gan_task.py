@@ -1,0 +1,222 @@
+"""Speech stage 2: GAN training of the waveform decoder of a stage-1 speech tokenizer (the image ``vtp_gan`` on audio).
+
+Trained: the decoder (``decoder_embed``, ``decoder``, ``decoder_head``), and with ``train_encoder`` also the
+encoder and its bottleneck (then a weighted ``kl`` term applies to a Gaussian bottleneck); everything else (the text
+tower, the CLIP head) stays frozen, in eval mode. With the encoder frozen its pass runs without gradient and the
+latent space of stage 1 is kept exactly. The exported model is the whole speech tokenizer.
+
+Generator loss, as Semantic-VAE: the composer's reconstruction terms (auraloss mel / STFT / L1 / SI-SDR) + KL,
+plus after ``adversarial.disc_start`` ``disc_weight·λ·L_adv + feature_matching_weight·L_fm`` (least-squares GAN,
+λ = 1 unless ``adversarial.adaptive``; L_fm = L1 between the discriminator feature maps of the reconstruction and
+of the (detached) original; Semantic-VAE: 1 and 2). Discriminator: :class:`~.discriminator.SpeechDiscriminator`
+(MPD + multi-band multi-resolution STFT discriminator) on originals vs reconstructions, least-squares loss, trained
+by the trainer's auxiliary optimiser (``disc_optim``) from ``disc_start``.
+
+Shape legend:
+    B: batch, T: samples, N: frames, L: latent channels
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from unitok.config import build_config, to_dict
+from unitok.engine.distributed import all_reduce_mean
+from unitok.engine.optim import OptimConfig
+from unitok.engine.stage2 import PartlyTrainable, check_same_architecture, stage1_state_dict
+from unitok.engine.task import Task
+from unitok.losses.adversarial import (
+    AdversarialConfig,
+    AdversarialLoss,
+    adaptive_weight,
+    discriminator_loss,
+    feature_matching_loss,
+    generator_adversarial_loss,
+)
+from unitok.losses.compose import LossComposer
+from unitok.losses.regularizers import KLLoss
+from unitok.modalities.speech.adapter import valid_lengths
+from unitok.modalities.speech.discriminator import SpeechDiscriminator, SpeechDiscriminatorConfig
+from unitok.modalities.speech.perceptual import AudioReconstructionConfig
+from unitok.modalities.speech.speech_task import check_reconstruction_params, composed_reconstruction
+from unitok.modalities.speech.vtp_speech import SpeechTokenizerModel
+from unitok.modalities.speech.vtp_speech_config import SpeechTokenizerConfig
+
+DECODER = ("autoencoder.decoder_embed", "autoencoder.decoder", "autoencoder.decoder_head")
+ENCODER = ("autoencoder.patch_embed", "autoencoder.encoder", "autoencoder.bottleneck", "autoencoder.bottleneck_logvar")
+
+
+def _adversarial() -> AdversarialConfig:
+    # Semantic-VAE (DAC GANLoss): least-squares GAN, adversarial weight 1, no adaptive weight, no warm-up
+    return AdversarialConfig(disc_start=0, disc_weight=1.0, gen_loss="least_squares", disc_loss="least_squares",
+                             adaptive=False)  # fmt: skip
+
+
+def _disc_optim() -> OptimConfig:
+    # Semantic-VAE: AdamW lr 1e-4, betas (0.8, 0.99), torch's default weight decay 0.01, grad-norm clip 10
+    return OptimConfig(lr=1e-4, min_lr=1e-4, weight_decay=0.01, weight_decay_end=0.01, betas=(0.8, 0.99),
+                       grad_clip=10.0)  # fmt: skip
+
+
+@dataclass
+class SpeechGANTaskConfig:
+    """Attributes:
+    init_from: the stage-1 model: a run directory (its ``model/``, else its latest checkpoint), a
+        ``save_pretrained`` directory, a ``checkpoints/`` directory or a checkpoint file (EMA weights when saved).
+    train_encoder: also train the encoder and bottleneck (False keeps the stage-1 latent space exactly).
+    sample_latents: decode samples of a Gaussian bottleneck (Semantic-VAE), not its mean.
+    reconstruction: resolutions of the auraloss terms; their weights are ``losses.terms`` (rec_mel, ...).
+    adversarial: disc_start, disc_weight (adversarial weight), generator / discriminator losses, adaptive weight.
+    feature_matching_weight: weight of the feature-matching term (Semantic-VAE: 2).
+    discriminator: MPD periods, MRD FFT sizes and bands, widths.
+    disc_optim: the discriminator's AdamW and lr schedule (over the whole run).
+    """
+
+    init_from: str = ""
+    train_encoder: bool = False
+    sample_latents: bool = True
+    reconstruction: AudioReconstructionConfig = field(default_factory=AudioReconstructionConfig)
+    adversarial: AdversarialConfig = field(default_factory=_adversarial)
+    feature_matching_weight: float = 2.0
+    discriminator: SpeechDiscriminatorConfig = field(default_factory=SpeechDiscriminatorConfig)
+    disc_optim: OptimConfig = field(default_factory=_disc_optim)
+
+
+def load_stage1(model: SpeechTokenizerModel, init_from: str) -> str:
+    """Load the stage-1 weights into ``model`` (strict: same configuration, keys and shapes); returns the source."""
+    from unitok.models.pretrained import load_state_dict_strict, read_config, read_weights
+
+    if not init_from:
+        raise ValueError("task.params.init_from is required: the stage-1 run directory (e.g. runs/speech_tiny)")
+    sd, source = stage1_state_dict(init_from, what="speech tokenizer")
+    if sd is None:
+        raw = read_config(source)
+        if raw.get("model_type") != SpeechTokenizerModel.model_type:
+            raise ValueError(f"{source} holds a {raw.get('model_type')!r} model, not a unitok speech tokenizer")
+        saved = to_dict(build_config(SpeechTokenizerConfig, raw["config"]))
+        check_same_architecture(saved, to_dict(model.config), source)
+        sd, source = read_weights(source), f"{source}/model.safetensors"
+    load_state_dict_strict(model, sd, source)
+    return source
+
+
+class SpeechDecoderStudent(PartlyTrainable):
+    """A speech tokenizer with only its decoder (and optionally encoder) trainable.
+
+    ``forward(audio (B, 1, T), lengths (B,)) -> {recon (B, 1, T), mean (B, N, L), logvar (Gaussian), mask (B, N)}``.
+    """
+
+    def __init__(self, model: SpeechTokenizerModel, train_encoder: bool = False, sample_latents: bool = True):
+        if model.autoencoder.decoder is None:
+            raise ValueError("GAN training needs a speech tokenizer with a decoder")
+        encoder = [n for n in ENCODER if getattr(model.autoencoder, n.split(".")[1]) is not None]
+        super().__init__(model, DECODER + (tuple(encoder) if train_encoder else ()))
+        self.train_encoder, self.sample_latents = train_encoder, sample_latents
+
+    def last_layer(self) -> torch.Tensor:
+        """The decoder's last weight (for the adaptive weight)."""
+        return self.model.autoencoder.decoder_head.weight
+
+    def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+        m = self.model
+        with torch.set_grad_enabled(self.train_encoder and torch.is_grad_enabled()):
+            tokens, feats = m.encode_features(audio, lengths)
+            mean, logvar = m.autoencoder.posterior(feats.tokens)
+            z = m.autoencoder.sample_latents(mean, logvar) if self.sample_latents else mean
+        out = {"recon": m.decode_tokens(tokens.with_x(z)), "mean": mean, "mask": tokens.mask}
+        if logvar is not None:
+            out["logvar"] = logvar
+        return out
+
+
+class SpeechGANTask(Task):
+    """Reconstruction (+ KL) + least-squares GAN with feature matching; a SpeechDiscriminator in the auxiliary phase."""
+
+    trainable = ("student", "discriminator")
+    aux_trainable = ("discriminator",)
+
+    def __init__(self, model: SpeechTokenizerModel, composer: LossComposer, cfg: SpeechGANTaskConfig):
+        super().__init__()
+        if not isinstance(model, SpeechTokenizerModel):
+            raise TypeError(f"the speech GAN task trains a unitok_speech_* model, got {type(model).__name__}")
+        self.init_source = load_stage1(model, cfg.init_from)
+        self.cfg, self.composer = cfg, composer
+        self.use_kl = composer.active("kl")
+        if self.use_kl and not (cfg.train_encoder and model.is_gaussian):
+            raise ValueError(
+                "the KL loss is weighted but the encoder is frozen or the bottleneck is linear: set "
+                "task.params.train_encoder=true with a Gaussian bottleneck, or the kl weight to 0"
+            )
+        self.student = SpeechDecoderStudent(model, cfg.train_encoder, cfg.sample_latents)
+        self.discriminator = SpeechDiscriminator(cfg.discriminator)
+        self.aux_optim = cfg.disc_optim
+        self.adversarial = AdversarialLoss(cfg.adversarial)
+        self.reconstruction = composed_reconstruction(composer, cfg.reconstruction)
+        self.kl = KLLoss()
+
+    def export_model(self) -> SpeechTokenizerModel:
+        return self.student.model
+
+    @staticmethod
+    def _audio(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1, T) audio zeroed past each clip's length and (B,) lengths."""
+        audio = batch["audio"]
+        audio = audio.unsqueeze(1) if audio.ndim == 2 else audio
+        lengths = valid_lengths(batch.get("audio_lens"), audio.shape[0], audio.shape[-1], device=audio.device)
+        return audio * (torch.arange(audio.shape[-1], device=audio.device) < lengths[:, None, None]), lengths
+
+    def training_forward(self, batch: dict[str, Any], step: int, cache: dict[str, Any]):
+        audio, lengths = self._audio(batch)
+        out = self.call("student", audio, lengths)
+        terms = self.reconstruction(out["recon"], audio, lengths)
+        if self.use_kl:
+            terms.update(self.kl(out["mean"], out["logvar"], out["mask"]))
+        loss, report = self.composer(terms, step)
+        if self.adversarial.active(step):  # the discriminator runs bare and frozen here (see Task.call)
+            gan = self._generator_terms(loss, out["recon"], audio)
+            loss = loss + gan["gan_loss"]
+            report.update({k: float(v.detach()) for k, v in gan.items()}, loss=float(loss.detach()))
+        cache["recon"] = out["recon"].detach()
+        return loss, report
+
+    def _generator_terms(self, rec_loss: torch.Tensor, recon: torch.Tensor, audio: torch.Tensor):
+        """``gan_loss`` = disc_weight·λ·L_adv + fm_weight·L_fm, and its parts for the report."""
+        cfg = self.cfg.adversarial
+        d_fake = self.call("discriminator", recon)
+        with torch.no_grad():
+            d_real = self.call("discriminator", audio)
+        adv = generator_adversarial_loss(d_fake, cfg.gen_loss)
+        fm = feature_matching_loss(d_fake, d_real)
+        lam = torch.ones((), device=adv.device)
+        if cfg.adaptive:
+            lam = adaptive_weight(
+                rec_loss, adv, self.student.last_layer(), cfg.max_adaptive_weight, reduce=all_reduce_mean
+            )
+        weight = cfg.disc_weight * lam
+        return {"gan_loss": weight * adv + self.cfg.feature_matching_weight * fm, "gan_g": adv.detach(),
+                "gan_fm": fm.detach(), "gan_weight": weight}  # fmt: skip
+
+    def aux_active(self, step: int) -> bool:
+        return self.adversarial.active(step)
+
+    def aux_forward(self, batch: dict[str, Any], step: int, cache: dict[str, Any]):
+        """Least-squares loss on originals vs the main phase's reconstructions, in one discriminator call."""
+        audio, _ = self._audio(batch)
+        B = audio.shape[0]
+        maps = self.call("discriminator", torch.cat([audio, cache["recon"]]))
+        d_real = [[f[:B] for f in fmaps] for fmaps in maps]
+        d_fake = [[f[B:] for f in fmaps] for fmaps in maps]
+        loss = discriminator_loss(d_fake, d_real, self.cfg.adversarial.disc_loss)
+        real = torch.stack([r[-1].detach().float().mean() for r in d_real]).mean()
+        fake = torch.stack([f[-1].detach().float().mean() for f in d_fake]).mean()
+        return loss, {"disc_loss": float(loss.detach()), "disc_logits_real": float(real),
+                      "disc_logits_fake": float(fake)}  # fmt: skip
+
+
+def build_speech_gan_task(cfg, model: SpeechTokenizerModel, params: dict[str, Any]) -> SpeechGANTask:
+    """Stage-2 GAN task of the speech tokenizer from ``task.params`` (:class:`SpeechGANTaskConfig`)."""
+    check_reconstruction_params(params)
+    return SpeechGANTask(model, LossComposer(cfg.losses), build_config(SpeechGANTaskConfig, params))
