@@ -27,8 +27,8 @@ class SpeechTokenizer:
     """A speech tokenizer seen through the calls the suites need.
 
     Args:
-        model: a ``SemanticVAE`` or a unitok speech model with ``encode(audio, lengths)`` returning a dict with
-            ``mean`` (and ``z`` / ``logvar`` when its bottleneck is Gaussian) and ``decode(latents, lengths)``.
+        model: a ``SemanticVAE``, or a unitok speech model (``SpeechTokenizerModel``) with ``posterior(audio, lengths)``
+            (``mean``, and ``logvar`` for a Gaussian bottleneck) and ``decode(latents, lengths)``.
     """
 
     def __init__(self, model: nn.Module):
@@ -73,7 +73,12 @@ class SpeechTokenizer:
         indices = list(range(audio.shape[0])) if indices is None else indices
         if self.is_semantic_vae:
             return self._encode_one_by_one(audio, lengths, indices, seed)
-        out = self.model.encode(audio, lengths)
+        # unitok speech models: ``posterior`` gives the mean (and logvar of a Gaussian bottleneck) of every frame
+        out = (
+            self.model.posterior(audio, lengths)
+            if hasattr(self.model, "posterior")
+            else self.model.encode(audio, lengths)
+        )
         mean = out["mean"] if isinstance(out, dict) else out
         z = mean
         if isinstance(out, dict) and "logvar" in out:

@@ -202,3 +202,24 @@ def test_intelligibility_suite_averages_per_utterance_wers(svae, cuts_dir, tmp_p
         speech_intelligibility.WhisperTranscriber(None)
     with pytest.raises(FileNotFoundError, match="whisper-large-v3"):
         speech_intelligibility.WhisperTranscriber(tmp_path)
+
+
+def test_tokenizer_over_a_unitok_speech_model_samples_its_gaussian_posterior(cuts_dir, tmp_path):
+    import unitok
+
+    torch.manual_seed(0)
+    model = unitok.create_model("unitok_speech_tiny_p320_d64", bottleneck="gaussian").eval()
+    tok = SpeechTokenizer(model)
+    assert tok.latent_rate == 50 and tok.hop_length == 320
+    audio = torch.randn(2, 3200) * 0.1
+    lengths = torch.tensor([3200, 1600])
+    out = tok.encode(audio, lengths, [4, 9], seed=1)
+    post = model.posterior(audio, lengths)
+    assert torch.equal(out["mean"], post["mean"]) and out["frames"].tolist() == [10, 5]
+    assert not torch.equal(out["z"], out["mean"]) and out["z"][1, 5:].abs().sum() == 0
+    again = tok.encode(audio[1:, :1600], lengths[1:], [9], seed=1)
+    assert torch.allclose(again["z"][0], out["z"][1, :5], atol=1e-5)  # seeded by the utterance, not the batch
+    metrics = speech_reconstruction.run(
+        _ctx(model, cuts_dir, tmp_path), speech_reconstruction.SpeechReconstructionConfig()
+    )
+    assert math.isfinite(metrics.metrics["mel_distance"])
