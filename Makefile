@@ -7,7 +7,7 @@ CKPT ?= ../shared/parity/vtp_small_default
 OUT ?= outputs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-checkpoint demo-eval test lint bench clean
+.PHONY: install demo demo-checkpoint demo-eval demo-speech test lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,15 @@ demo-eval: install
 	$(VENV)/bin/unitok-eval image.linear_probe,image.knn,image.reconstruction,image.latent_stats \
 		--ckpt $(OUT)/ae_only/model --data $(EVAL_DATA) --out $(EVAL_OUT)/ae_only $(PROBE) $(RECON) num_samples=2400
 	$(VENV)/bin/unitok-eval compare $(EVAL_OUT)/vtp $(EVAL_OUT)/ae_only --out $(EVAL_OUT)/compare
+
+# Train the tiny speech tokenizer on the embedded espeak-ng corpus (CPU), then evaluate its reconstructions on the
+# held-out sentences: figures in $(SPEECH_OUT)/eval/summary.md, original / reconstruction WAV pairs beside them.
+SPEECH_OUT ?= outputs/demo_speech
+demo-speech: install
+	$(VENV)/bin/unitok-train recipes/debug/speech_tiny.yaml run_dir=$(SPEECH_OUT)/run
+	$(PY) -m unitok.modalities.speech.data prepare toy $(SPEECH_OUT)/data
+	$(VENV)/bin/unitok-eval speech.reconstruction,speech.latent_stats --ckpt $(SPEECH_OUT)/run \
+		--data $(SPEECH_OUT)/data --out $(SPEECH_OUT)/eval speech.latent_stats.split=val
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

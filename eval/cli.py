@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import os
 import shlex
 import sys
 import time
@@ -86,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="ImageFolder tree or a folder with train/ and val/")
     p.add_argument("--out", default=None, help="result directory (default: eval_results/<checkpoint name>)")
     p.add_argument("--batch-size", type=int, default=50, help="per-rank batch size (default 50, as VTP's tools)")
-    p.add_argument("--workers", type=int, default=4, help="DataLoader workers per rank")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers per rank")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="auto: bf16 autocast on CUDA, fp32 on CPU")  # fmt: skip
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

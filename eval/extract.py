@@ -97,7 +97,7 @@ def _run_chunks(ctx, dataset, fn, folder: Path, todo: list[tuple[int, range]], c
         persistent_workers=False,
     )
     bar = tqdm(
-        total=sum(len(r) for _, r in todo), desc=desc, unit="img", disable=not (opts.progress and ctx.dist.is_main)
+        total=sum(len(r) for _, r in todo), desc=desc, unit="sample", disable=not (opts.progress and ctx.dist.is_main)
     )
     pending: dict[str, list[torch.Tensor]] = {}
     chunk_iter = iter(todo)
