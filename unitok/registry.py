@@ -51,8 +51,13 @@ MODEL_TYPES = Registry(
         "vtp": "unitok.modalities.image.vtp:VTPModel",
         "unitok_autoencoder": "unitok.models.autoencoder:TransformerAutoencoder",
         "unitok_speech": "unitok.modalities.speech.vtp_speech:SpeechTokenizerModel",
+        "semantic_vae": "unitok.modalities.speech.semantic_vae:SemanticVAE",
     },
 )
+#: pretrained layouts whose config.json has no "model_type", recognised by a file they hold -> model_type
+LAYOUT_MARKERS: dict[str, str] = {
+    "metainfo.json": "semantic_vae",  # released Semantic-VAE folders (metainfo.json + dac/*.pth)
+}
 #: modality adapters by data key
 ADAPTERS = Registry(
     "adapter",
@@ -71,6 +76,7 @@ TASKS = Registry(
         "vtp_gan": "unitok.modalities.image.builders:build_vtp_gan_task",
         "speech": "unitok.modalities.speech.speech_task:build_speech_task",
         "speech_gan": "unitok.modalities.speech.speech_gan_task:build_speech_gan_task",
+        "semantic_vae": "unitok.modalities.speech.semantic_vae_task:build_semantic_vae_task",
     },
 )
 #: training data sets: name -> builder(params, split) -> (dataset, collate_fn)
@@ -110,6 +116,9 @@ def _register_presets() -> None:
 
 
 _register_presets()
+# Semantic-VAE / acoustic VAE baselines (SEMANTIC_VAE_PRESETS in modalities/speech/semantic_vae_config.py)
+for _name in ("semantic_vae_16k_d64", "acoustic_vae_16k_d16", "acoustic_vae_16k_d64", "semantic_vae_tiny"):
+    MODELS.register(_name, "unitok.modalities.speech.semantic_vae:create_semantic_vae")
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -127,20 +136,38 @@ def create_model(name: str, **overrides: Any):
 def load_pretrained(path: str | os.PathLike, **kwargs: Any):
     """Load a pretrained directory (``config.json`` + ``model.safetensors``), dispatching on ``model_type``.
 
-    Released VTP checkpoints (``model_type: "vtp"``) and directories written by ``save_pretrained`` both load.
-    The directory's ``latents_stats.pt`` (see :mod:`unitok.latent_stats`), when present, becomes
-    ``model.latent_stats`` (None otherwise): a plain attribute, not a buffer, so the state dict is unchanged.
+    Released VTP checkpoints (``model_type: "vtp"``) and directories written by ``save_pretrained`` both load, and
+    so do released layouts without a ``model_type``, recognised by a marker file (``LAYOUT_MARKERS``: a released
+    Semantic-VAE folder holds ``metainfo.json`` and ``dac/``). The directory's ``latents_stats.pt`` (see
+    :mod:`unitok.latent_stats`), when present, becomes ``model.latent_stats`` (None otherwise): a plain attribute,
+    not a buffer, so the state dict is unchanged.
     """
     from unitok.latent_stats import load_from_checkpoint
-    from unitok.models.pretrained import read_config
 
-    cfg = read_config(path)
-    model_type = cfg.get("model_type")
-    if model_type is None:
-        raise ValueError(f"{path}/config.json has no 'model_type' (known: {', '.join(MODEL_TYPES.names())})")
-    model = MODEL_TYPES.get(model_type).from_pretrained(path, **kwargs)
+    model = MODEL_TYPES.get(pretrained_model_type(path)).from_pretrained(path, **kwargs)
     model.latent_stats = load_from_checkpoint(path)
     return model
+
+
+def pretrained_model_type(path: str | os.PathLike) -> str:
+    """The ``model_type`` of a pretrained directory: its config.json's, else the one of a marker file it holds."""
+    from unitok.models.pretrained import CONFIG_NAME, read_config, resolve_dir
+
+    root = resolve_dir(path)
+    has_config = (root / CONFIG_NAME).is_file()
+    model_type = read_config(root).get("model_type") if has_config else None
+    if model_type is not None:
+        return model_type
+    for marker, name in LAYOUT_MARKERS.items():
+        if (root / marker).is_file():
+            return name
+    if not has_config:
+        read_config(root)  # raises: names the missing config.json
+    markers = ", ".join(f"{m} ({n})" for m, n in LAYOUT_MARKERS.items())
+    raise ValueError(
+        f"{root}/{CONFIG_NAME} has no 'model_type' (known: {', '.join(MODEL_TYPES.names())}) and the directory "
+        f"holds no marker file of a released layout ({markers})"
+    )
 
 
 def list_models_cli(argv: list[str] | None = None) -> None:

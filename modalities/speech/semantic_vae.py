@@ -213,11 +213,15 @@ class SemanticVAE(nn.Module):
 
         return load_semantic_vae(cls, path, use_ema, with_projector, trust_pickle, overrides)
 
-    def save_pretrained(self, path: str | os.PathLike) -> str:
-        """Write ``config.json`` (metainfo layout + ``model_type``) and ``model.safetensors`` (official keys)."""
+    def save_pretrained(self, path: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None) -> str:
+        """Write ``config.json`` (metainfo layout + ``model_type``) and ``model.safetensors`` (official keys).
+
+        ``state_dict``: the tensors to write (e.g. a training run's EMA weights); default ``self.state_dict()``.
+        """
         from unitok.models.pretrained import write_pretrained
 
-        return str(write_pretrained(path, self.config.to_dict(), self.state_dict()))
+        weights = self.state_dict() if state_dict is None else state_dict
+        return str(write_pretrained(path, self.config.to_dict(), weights))
 
 
 def create_semantic_vae(name: str, with_projector: bool = True, **overrides: Any) -> SemanticVAE:

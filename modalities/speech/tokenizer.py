@@ -81,10 +81,14 @@ class SpeechTokenizer:
         )
         mean = out["mean"] if isinstance(out, dict) else out
         z = mean
-        if isinstance(out, dict) and "logvar" in out:
-            noise = torch.stack([utterance_noise(tuple(mean.shape[1:]), seed, i) for i in indices]).to(mean)
-            z = mean + torch.exp(0.5 * out["logvar"]) * noise
         frames = self.frames(lengths.to(mean.device))
+        if isinstance(out, dict) and "logvar" in out:  # each utterance's noise has its own frames: batch-independent
+            noise = [
+                utterance_noise((1, int(f), mean.shape[-1]), seed, i)[0] for f, i in zip(frames, indices, strict=True)
+            ]
+            noise = torch.nn.utils.rnn.pad_sequence(noise, batch_first=True)
+            noise = torch.nn.functional.pad(noise, (0, 0, 0, mean.shape[1] - noise.shape[1])).to(mean)
+            z = mean + torch.exp(0.5 * out["logvar"]) * noise
         valid = (torch.arange(mean.shape[1], device=mean.device)[None] < frames[:, None])[..., None]
         return {"mean": mean * valid, "z": z * valid, "frames": frames}
 

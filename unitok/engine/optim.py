@@ -31,6 +31,9 @@ class OptimConfig:
     layer_decay: layer-wise lr decay (1.0 disables it).
     patch_embed_lr_mult: extra lr multiplier of the patch embedding (DINOv2: 0.2).
     grad_clip: max gradient norm (0 disables clipping).
+    schedule: 'cosine' (warm-up, then half-cosine to ``min_lr``) or 'exponential' (warm-up, then
+        ``lr · gamma^(step - warmup_steps)`` per optimiser step, torch's ``ExponentialLR``; ``min_lr`` unused).
+    gamma: decay factor per step of the exponential schedule (DAC / Semantic-VAE: 0.999996).
     """
 
     lr: float = 1e-3
@@ -43,6 +46,18 @@ class OptimConfig:
     layer_decay: float = 1.0
     patch_embed_lr_mult: float = 1.0
     grad_clip: float = 0.0
+    schedule: str = "cosine"
+    gamma: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.schedule not in LR_SCHEDULES:
+            raise ValueError(f"optim.schedule must be one of {list(LR_SCHEDULES)}, got {self.schedule!r}")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"optim.gamma must be in (0, 1], got {self.gamma}")
+
+
+#: names of the learning-rate schedules (:func:`lr_schedule`)
+LR_SCHEDULES = ("cosine", "exponential")
 
 
 def no_weight_decay(name: str, param: torch.Tensor) -> bool:
@@ -131,6 +146,27 @@ def cosine_schedule(
         return final + 0.5 * (base - final) * (1 + math.cos(math.pi * t))
 
     return value
+
+
+def exponential_schedule(base: float, gamma: float, warmup_steps: int = 0) -> Callable[[int], float]:
+    """Linear warm-up from 0 (as :func:`cosine_schedule`), then ``base · gamma^(step - warmup_steps)``.
+
+    Without warm-up this is torch's ``ExponentialLR`` stepped once per optimiser step (value at step 0: ``base``).
+    """
+
+    def value(step: int) -> float:
+        if step < warmup_steps:
+            return base * step / max(1, warmup_steps - 1)
+        return base * gamma ** (step - warmup_steps)
+
+    return value
+
+
+def lr_schedule(cfg: OptimConfig, total_steps: int) -> Callable[[int], float]:
+    """The learning rate of every optimiser step for ``cfg.schedule``."""
+    if cfg.schedule == "exponential":
+        return exponential_schedule(cfg.lr, cfg.gamma, cfg.warmup_steps)
+    return cosine_schedule(cfg.lr, cfg.min_lr, total_steps, cfg.warmup_steps)
 
 
 def apply_schedules(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:

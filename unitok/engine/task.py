@@ -9,7 +9,9 @@ Two optimiser phases (e.g. a GAN: generator, then discriminator): ``aux_trainabl
 that a second optimiser (``aux_optim``) steps after the main step. Per optimiser step the trainer runs the main
 phase (``training_forward(batch, step, cache)`` over the micro-batches, backward, clip, step of the other
 modules) and then, when ``aux_active(step)``, the auxiliary phase (``aux_forward(batch, step, cache)`` over the
-same micro-batches, with the ``cache`` dict the main phase filled for each). During each phase only its own
+same micro-batches, with the ``cache`` dict the main phase filled for each). A task with ``aux_first`` reverses the
+order (DAC / Semantic-VAE update the discriminator first): when ``aux_active(step)``, the auxiliary phase runs
+first with empty caches that ``aux_forward`` fills for the main phase. During each phase only its own
 parameters require gradients, and :meth:`Task.call` goes through the wrapper only for the modules it trains: a
 discriminator called inside the generator loss runs bare, so DDP neither expects nor syncs its gradients.
 """
@@ -43,6 +45,8 @@ class Task(nn.Module):
     aux_trainable: tuple[str, ...] = ()
     #: the auxiliary optimiser's configuration (required when ``aux_trainable`` is set)
     aux_optim: OptimConfig | None = None
+    #: run the auxiliary phase before the main one in each step (its ``aux_forward`` then fills the cache)
+    aux_first: bool = False
     #: frozen EMA copies of trainable modules (e.g. a DINO teacher), updated in :meth:`after_step`: under FSDP the
     #: trainer shards them exactly like the trainable modules (the update stays shard-local), so they must be run
     #: through their ``forward`` (where FSDP gathers their parameters)

@@ -5,7 +5,8 @@ non-finite guard (skip the step; after ``max_consecutive_nonfinite`` in a row, r
 checkpoint and go on with new data), AdamW with per-step lr / weight-decay schedules, ``task.after_step``, an
 EMA of the exported model, metrics, atomic checkpoints of the whole train state. A task with an auxiliary phase
 (``Task.aux_trainable``, e.g. a GAN discriminator) gets a second AdamW with its own schedules, stepped after the
-main one over the same micro-batches (see :mod:`unitok.engine.task`); a non-finite auxiliary step is skipped.
+main one over the same micro-batches (before it when ``Task.aux_first``, see :mod:`unitok.engine.task`); a
+non-finite auxiliary step is skipped.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from unitok.engine.distributed import (
     wrap_trainable,
 )
 from unitok.engine.logging import MetricsLogger
-from unitok.engine.optim import OptimConfig, apply_schedules, build_adamw, cosine_schedule
+from unitok.engine.optim import OptimConfig, apply_schedules, build_adamw, cosine_schedule, lr_schedule
 from unitok.engine.state import EpochSeeded, ResumableSampler, TrainState
 from unitok.engine.stream import StreamBatches
 from unitok.engine.task import Task
@@ -48,7 +49,9 @@ class TrainConfig:
     strategy: 'ddp', 'fsdp' (FSDP2 fully_shard) or 'none' when launched with several processes.
     compile: torch.compile the trainable modules.
     grad_checkpointing: recompute Transformer blocks in the backward pass.
-    ema_decay: EMA of the exported model for evaluation (0 disables it).
+    ema_decay: EMA of the exported model for evaluation (0 disables it); with a warm-up, its upper bound.
+    ema_warmup_gamma, ema_warmup_power: EMA decay warm-up ``1 - (1 + step / gamma) ** -power`` (capped at
+        ``ema_decay``; timm ``ModelEmaV3`` / ema_pytorch's formula); gamma 0 disables the warm-up.
     log_every, ckpt_every: in optimiser steps.
     keep_last: checkpoints kept on disk.
     max_consecutive_nonfinite: non-finite steps in a row before rolling back to the last checkpoint.
@@ -67,6 +70,8 @@ class TrainConfig:
     compile: bool = False
     grad_checkpointing: bool = False
     ema_decay: float = 0.0
+    ema_warmup_gamma: float = 0.0
+    ema_warmup_power: float = 2 / 3
     log_every: int = 10
     ckpt_every: int = 200
     keep_last: int = 2
@@ -136,7 +141,9 @@ class Trainer:
         if cfg.ema_decay > 0:  # copied before wrapping; sharded like the model under FSDP
             from timm.utils import ModelEmaV3
 
-            self.ema = ModelEmaV3(task.export_model(), decay=cfg.ema_decay)
+            warmup = {"use_warmup": cfg.ema_warmup_gamma > 0, "warmup_gamma": cfg.ema_warmup_gamma or 1.0,
+                      "warmup_power": cfg.ema_warmup_power}  # fmt: skip
+            self.ema = ModelEmaV3(task.export_model(), decay=cfg.ema_decay, **warmup)
         self._setup_modules()
         aux = tuple(task.aux_trainable)
         if not set(aux) <= set(task.trainable) or (aux and task.aux_optim is None):
@@ -186,8 +193,7 @@ class Trainer:
         if not any(p.requires_grad for n in names for p in getattr(self.task, n).parameters()):
             raise ValueError(f"trainable modules {names} have no parameter that requires a gradient")
         steps = self.cfg.steps
-        return _Phase(names, optim, build_adamw(self._root(names), optim),
-                      cosine_schedule(optim.lr, optim.min_lr, steps, optim.warmup_steps),
+        return _Phase(names, optim, build_adamw(self._root(names), optim), lr_schedule(optim, steps),
                       cosine_schedule(optim.weight_decay, optim.weight_decay_end, steps))  # fmt: skip
 
     # ------------------------------------------------------------------------------------------ data
@@ -359,22 +365,31 @@ class Trainer:
         return report, float(grad_norm), bool(all_reduce_mean(finite).item() == 1.0)
 
     def train_step(self, batches) -> dict[str, float]:
-        """One optimiser step over ``grad_accum`` micro-batches (then the auxiliary phase); the averaged report."""
+        """One optimiser step over ``grad_accum`` micro-batches and the auxiliary phase (after the main one, or
+        before it when ``Task.aux_first``); the averaged report."""
         step = self.state.step
         self.task.train()
         kept: list[tuple] = []  # (batch, step, cache) of each micro-batch, for the auxiliary phase
+        two = len(self.phases) > 1
+        aux_now = two and self.task.aux_active(step)
 
         def micro_batches():
             for _ in range(self.cfg.grad_accum):
                 batch = self._to_device(next(batches))
-                if len(self.phases) == 1:
+                if not two:
                     yield batch, step
                 else:
                     kept.append((batch, step, {}))
                     yield kept[-1]
 
+        aux_report: dict[str, float] = {}
+        inputs = micro_batches()
+        if aux_now and self.task.aux_first:  # the auxiliary step first, over micro-batches loaded up front
+            inputs = list(inputs)
+            aux_report = self._aux_step(self.phases[1], inputs)
         main = self.phases[0]
-        report, grad_norm, finite = self._backward(main, self.task.training_forward, micro_batches())
+        report, grad_norm, finite = self._backward(main, self.task.training_forward, inputs)
+        report.update(aux_report)
         if not finite:
             main.optimizer.zero_grad(set_to_none=True)
             return self._on_nonfinite(report)
@@ -385,7 +400,7 @@ class Trainer:
         self.task.after_step(step)
         if self.ema is not None:
             self.ema.update(self.task.export_model(), step=step)
-        if len(self.phases) > 1 and self.task.aux_active(step):
+        if aux_now and not self.task.aux_first:
             report.update(self._aux_step(self.phases[1], kept))
         self.state.step += 1
         report.update(grad_norm=grad_norm, lr=main.lr())
