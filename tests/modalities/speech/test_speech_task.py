@@ -406,10 +406,16 @@ def test_debug_recipes_train_end_to_end_when_the_toy_corpus_is_registered(tmp_pa
 
     if "speech_toy" not in DATASETS:
         pytest.skip("data set 'speech_toy' is not registered yet (written by the speech-data work)")
-    small = ["train.steps=2", "train.batch_size=4", "train.progress=false", "task.params.head_prototypes=64",
-             "task.params.ssl_batch=2", "task.params.rec_batch=2"]  # fmt: skip
+    data = [
+        f"data.params.root={tmp_path / 'toy'}",
+        "data.params.num_train=20",
+        "data.params.num_val=5",
+        "data.params.max_duration=8.0",
+    ]  # 4 clips of 2 s per batch (the batches come from the data)
+    small = ["train.steps=2", "train.progress=false", "task.params.head_prototypes=64", "task.params.ssl_batch=2",
+             "task.params.rec_batch=2", *data]  # fmt: skip
     main([str(RECIPES / "speech_tiny.yaml"), f"run_dir={tmp_path / 's1'}", *small])
-    gan = ["train.steps=2", "train.batch_size=4", "train.progress=false", "task.params.adversarial.disc_start=1"]
+    gan = ["train.steps=2", "train.progress=false", "task.params.adversarial.disc_start=1", *data]
     gan += [f"run_dir={tmp_path / 's2'}", f"task.params.init_from={tmp_path / 's1'}"]
     main([str(RECIPES / "speech_tiny_gan.yaml"), *gan])
     assert isinstance(unitok.load_pretrained(tmp_path / "s2" / "model"), SpeechTokenizerModel)
