@@ -204,6 +204,75 @@ def test_intelligibility_suite_averages_per_utterance_wers(svae, cuts_dir, tmp_p
         speech_intelligibility.WhisperTranscriber(tmp_path)
 
 
+WHISPER_SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|translate|>", "<|transcribe|>",
+                    "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]  # fmt: skip
+
+
+def _byte_alphabet() -> list[str]:
+    """The 256 printable stand-ins of GPT-2 byte-level BPE (what Whisper's vocabulary starts with)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
+    rest = [b for b in range(256) if b not in printable]
+    chars = {b: chr(b) for b in printable} | {b: chr(256 + i) for i, b in enumerate(rest)}
+    return [chars[b] for b in range(256)]
+
+
+def _tiny_whisper(path: Path) -> dict[str, int]:
+    """A random-init Whisper with a byte-only tokenizer and the released generation settings, built offline."""
+    import transformers as tf
+
+    path.mkdir(parents=True)
+    vocab = {c: i for i, c in enumerate(_byte_alphabet())}
+    ids = {s: len(vocab) + i for i, s in enumerate(WHISPER_SPECIALS)}
+    (path / "vocab.json").write_text(json.dumps(vocab | ids))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    eot = ids["<|endoftext|>"]
+    files = str(path / "vocab.json"), str(path / "merges.txt")
+    tokenizer = tf.WhisperTokenizer(*files, unk_token=WHISPER_SPECIALS[0], bos_token=WHISPER_SPECIALS[0],
+                                    eos_token=WHISPER_SPECIALS[0], pad_token=WHISPER_SPECIALS[0])  # fmt: skip
+    tokenizer.add_special_tokens({"additional_special_tokens": WHISPER_SPECIALS[1:]})
+    tf.WhisperProcessor(tf.WhisperFeatureExtractor(feature_size=80), tokenizer).save_pretrained(path)
+    cfg = tf.WhisperConfig(vocab_size=len(vocab) + len(ids), num_mel_bins=80, d_model=32, encoder_layers=1,
+                           decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+                           decoder_ffn_dim=64, max_target_positions=32, eos_token_id=eot, pad_token_id=eot,
+                           bos_token_id=eot, decoder_start_token_id=ids["<|startoftranscript|>"],
+                           suppress_tokens=None, begin_suppress_tokens=None)  # fmt: skip
+    torch.manual_seed(0)
+    model = tf.WhisperForConditionalGeneration(cfg)
+    model.generation_config = tf.GenerationConfig(
+        decoder_start_token_id=ids["<|startoftranscript|>"], eos_token_id=eot, pad_token_id=eot, bos_token_id=eot,
+        is_multilingual=True, lang_to_id={"<|en|>": ids["<|en|>"]}, max_length=16,
+        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+        no_timestamps_token_id=ids["<|notimestamps|>"], prev_sot_token_id=ids["<|startofprev|>"],
+    )  # fmt: skip
+    model.save_pretrained(path)
+    return ids
+
+
+def test_intelligibility_suite_runs_a_local_whisper_with_the_english_transcription_prompt(cuts_dir, tmp_path):
+    ids = _tiny_whisper(tmp_path / "whisper")
+    transcriber = speech_intelligibility.WhisperTranscriber(tmp_path / "whisper", num_beams=2)
+    prompts = []  # the decoder's input at its first step of each generate call
+
+    def record(module, args, kwargs):
+        tokens = kwargs.get("input_ids", args[0] if args else None)
+        if tokens is not None and tokens.shape[1] > 1:
+            prompts.append(tokens[0].tolist())
+
+    transcriber.model.model.decoder.register_forward_pre_hook(record, with_kwargs=True)
+    audio = torch.from_numpy(soundfile.read(cuts_dir / "u0.wav", dtype="float32")[0])
+    text = transcriber(audio)
+    assert isinstance(text, str) and text == transcriber(audio)  # beam search is deterministic
+    assert prompts[0] == [ids[s] for s in ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>")]
+    assert not any(s in text for s in WHISPER_SPECIALS)
+
+    cfg = speech_intelligibility.IntelligibilityConfig(asr_model=str(tmp_path / "whisper"), num_beams=2)
+    out = speech_intelligibility.run(_ctx(_Identity(), cuts_dir, tmp_path / "run"), cfg)
+    rows = [json.loads(line) for line in (tmp_path / "run" / out.artifacts["transcripts"]).read_text().splitlines()]
+    assert [r["hypothesis"] for r in rows] == [r["hypothesis_original"] for r in rows]  # lossless: same transcripts
+    assert rows[0]["hypothesis"] == text and out.metrics["wer"] == out.metrics["wer_original"]
+    assert out.details["protocol"]["asr_model"] == str(tmp_path / "whisper")
+
+
 def test_tokenizer_over_a_unitok_speech_model_samples_its_gaussian_posterior(cuts_dir, tmp_path):
     import unitok
 
