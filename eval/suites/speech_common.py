@@ -35,6 +35,19 @@ def speech_cache_key(ctx: EvalContext, data: dict[str, Any], **settings: Any) ->
     return {"checkpoint": ctx.ckpt.identity, "data": data, "bf16": ctx.bf16, **settings}
 
 
+def reconstruct(
+    ctx: EvalContext, tok: SpeechTokenizer, batch: dict[str, Any], latent: str, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Encode (autocast) and decode (fp32) one batch of utterances.
+
+    Returns (audio (B, T), lengths (B,), reconstruction (B, T)) on ``ctx.device``; ``latent`` is 'mean' or 'z'.
+    """
+    audio, lengths = batch["audio"].to(ctx.device), batch["audio_lens"].to(ctx.device)
+    with ctx.autocast():
+        latents = tok.encode(audio, lengths, batch["index"].tolist(), seed)
+    return audio, lengths, tok.decode(latents[latent].float(), lengths).float()
+
+
 def write_wav(path: Path, audio: torch.Tensor, sample_rate: int) -> None:
     """(T,) float audio in [-1, 1] -> 16-bit PCM WAV (soundfile)."""
     import soundfile

@@ -19,7 +19,7 @@ from unitok.eval.extract import extract
 from unitok.eval.metrics.text import utterance_wers
 from unitok.eval.speech_data import collate_speech
 from unitok.eval.speech_models import WhisperTranscriber
-from unitok.eval.suites.speech_common import speech_cache_key, speech_tokenizer, utterances
+from unitok.eval.suites.speech_common import reconstruct, speech_cache_key, speech_tokenizer, utterances
 from unitok.eval.suites.speech_speaker_similarity import to_16k
 
 OUT_FOLDER = "speech.intelligibility"
@@ -61,10 +61,7 @@ def run(ctx: EvalContext, cfg: IntelligibilityConfig) -> SuiteOutput:
     folder.mkdir(parents=True, exist_ok=True)
 
     def score(batch):
-        audio, lengths = batch["audio"].to(ctx.device), batch["audio_lens"].to(ctx.device)
-        with ctx.autocast():
-            latents = tok.encode(audio, lengths, batch["index"].tolist(), cfg.seed)
-        rec = tok.decode(latents[cfg.latent].float(), lengths).float()
+        audio, lengths, rec = reconstruct(ctx, tok, batch, cfg.latent, cfg.seed)
         rows = []
         for b, n in enumerate(lengths.tolist()):
             row = {"cut_id": batch["cut_id"][b], "reference": batch["text"][b],

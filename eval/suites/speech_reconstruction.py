@@ -20,7 +20,7 @@ import torch
 from unitok.eval.context import EvalContext, Suite, SuiteOutput
 from unitok.eval.extract import extract
 from unitok.eval.speech_data import collate_speech
-from unitok.eval.suites.speech_common import speech_cache_key, speech_tokenizer, utterances, write_wav
+from unitok.eval.suites.speech_common import reconstruct, speech_cache_key, speech_tokenizer, utterances, write_wav
 
 OUT_FOLDER = "speech.reconstruction"
 
@@ -79,10 +79,7 @@ def run(ctx: EvalContext, cfg: SpeechReconstructionConfig) -> SuiteOutput:
     out_dir = ctx.out_dir / OUT_FOLDER
 
     def measure(batch):
-        audio, lengths = batch["audio"].to(ctx.device), batch["audio_lens"].to(ctx.device)
-        with ctx.autocast():
-            latents = tok.encode(audio, lengths, batch["index"].tolist(), cfg.seed)
-        rec = tok.decode(latents[cfg.latent].float(), lengths).float()
+        audio, lengths, rec = reconstruct(ctx, tok, batch, cfg.latent, cfg.seed)
         rows = {"mel_distance": [], "stft_distance": [], "si_sdr": [], "pesq": []}
         for b, n in enumerate(lengths.tolist()):
             x, y = rec[b : b + 1, None, :n], audio[b : b + 1, None, :n]

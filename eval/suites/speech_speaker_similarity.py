@@ -15,7 +15,7 @@ from unitok.eval.context import EvalContext, Suite, SuiteOutput
 from unitok.eval.extract import extract
 from unitok.eval.speech_data import collate_speech
 from unitok.eval.speech_models import SpeakerEmbedder
-from unitok.eval.suites.speech_common import speech_cache_key, speech_tokenizer, utterances
+from unitok.eval.suites.speech_common import reconstruct, speech_cache_key, speech_tokenizer, utterances
 
 
 @dataclass
@@ -49,10 +49,7 @@ def run(ctx: EvalContext, cfg: SpeakerSimilarityConfig) -> SuiteOutput:
     dataset, data = utterances(ctx, cfg.split, tok.sample_rate, cfg.max_seconds)
 
     def similarity(batch):
-        audio, lengths = batch["audio"].to(ctx.device), batch["audio_lens"].to(ctx.device)
-        with ctx.autocast():
-            latents = tok.encode(audio, lengths, batch["index"].tolist(), cfg.seed)
-        rec = tok.decode(latents[cfg.latent].float(), lengths).float()
+        audio, lengths, rec = reconstruct(ctx, tok, batch, cfg.latent, cfg.seed)
         sims = []
         for b, n in enumerate(lengths.tolist()):
             a, r = to_16k(audio[b, :n], tok.sample_rate), to_16k(rec[b, :n], tok.sample_rate)

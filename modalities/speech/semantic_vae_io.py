@@ -14,7 +14,6 @@ are named.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 from pathlib import Path
@@ -28,6 +27,7 @@ from unitok.models.pretrained import (
     CheckpointMismatchError,
     load_state_dict_strict,
     read_config,
+    read_json_object,
     read_weights,
 )
 
@@ -82,17 +82,6 @@ def _unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _read_json(file: Path) -> dict[str, Any]:
-    try:
-        with open(file) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{file} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{file} must hold a JSON object, got {type(data).__name__}")
-    return data
-
-
 def _released(root: Path, use_ema: bool | None, trust_pickle: bool):
     ema, online = root / EMA_WEIGHTS, root / ONLINE_WEIGHTS
     if use_ema is None:
@@ -103,7 +92,7 @@ def _released(root: Path, use_ema: bool | None, trust_pickle: bool):
         raise FileNotFoundError(f"{file} is missing (pass {other} if that file exists)")
     state = _torch_load(file, trust_pickle)
     state = strip_ema(_unwrap(state, str(file)), str(file)) if use_ema else _unwrap(state, str(file))
-    return _read_json(root / METAINFO_NAME), state, str(file)
+    return read_json_object(root / METAINFO_NAME), state, str(file)
 
 
 def read_checkpoint(

@@ -48,14 +48,19 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     cfg_path = resolve_dir(path) / CONFIG_NAME
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path} is missing: a pretrained directory needs {CONFIG_NAME} and {WEIGHTS_NAME}")
+    return read_json_object(cfg_path)
+
+
+def read_json_object(file: str | os.PathLike) -> dict[str, Any]:
+    """A JSON file holding an object, as a dict (an error naming the file when it is not JSON or not an object)."""
     try:
-        with open(cfg_path) as f:
-            cfg = json.load(f)
+        with open(file) as f:
+            data = json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{cfg_path} must hold a JSON object, got {type(cfg).__name__}")
-    return cfg
+        raise ValueError(f"{file} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{file} must hold a JSON object, got {type(data).__name__}")
+    return data
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
