@@ -4,8 +4,9 @@
   similarity: cosine of the x-vector embeddings;
 * Whisper (``WhisperForConditionalGeneration`` + ``WhisperProcessor``, e.g. ``openai/whisper-large-v3``) for ASR.
 
-Nothing is downloaded: a missing path names the model to copy there. Both run one utterance at a time, so padding
-never changes a score.
+Nothing is downloaded: a missing path names the model to copy there. The speaker model embeds one utterance at a
+time, so padding never changes a score; Whisper transcribes a batch at once, since its processor pads every input to
+the same 30-second window anyway (so a batch gives each utterance the input it would get alone).
 
 Shape legend:
     T: samples at 16 kHz, D: embedding width
@@ -53,7 +54,9 @@ class SpeakerEmbedder:
 
 
 class WhisperTranscriber:
-    """(T,) 16 kHz audio -> text, with Whisper (English transcription, beam search)."""
+    """16 kHz audio -> text, with Whisper (English transcription, beam search), a batch of utterances at a time."""
+
+    window_seconds = 30.0  # Whisper's input window: the processor pads or truncates every utterance to it
 
     def __init__(self, path: str | os.PathLike | None, device: torch.device | str = "cpu", num_beams: int = 5,
                  language: str = "en"):  # fmt: skip
@@ -65,8 +68,18 @@ class WhisperTranscriber:
         self.device, self.num_beams, self.language = device, num_beams, language
 
     @torch.no_grad()
-    def __call__(self, audio: torch.Tensor) -> str:
-        feats = self.processor(audio.float().cpu().numpy(), sampling_rate=16000, return_tensors="pt").input_features
+    def transcribe(self, audios: list[torch.Tensor]) -> list[str]:
+        """[(T_i,) 16 kHz audio] -> one text each (utterances over 30 s are refused: Whisper would cut them)."""
+        too_long = [len(a) / 16000 for a in audios if len(a) > self.window_seconds * 16000]
+        if too_long:
+            raise ValueError(f"Whisper reads at most {self.window_seconds:g} s, got an utterance of "
+                             f"{max(too_long):.1f} s: evaluate with max_seconds={self.window_seconds:g}")  # fmt: skip
+        arrays = [a.float().cpu().numpy() for a in audios]
+        feats = self.processor(arrays, sampling_rate=16000, return_tensors="pt").input_features
         ids = self.model.generate(feats.to(self.device, self.model.dtype), language=self.language, task="transcribe",
                                   num_beams=self.num_beams)  # fmt: skip
-        return self.processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
+        return [text.strip() for text in self.processor.batch_decode(ids, skip_special_tokens=True)]
+
+    def __call__(self, audio: torch.Tensor) -> str:
+        """(T,) 16 kHz audio -> text."""
+        return self.transcribe([audio])[0]

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from unitok.eval.context import EvalContext
 from unitok.eval.speech_data import SpeechCuts, resolve_manifest
@@ -28,6 +28,13 @@ def utterances(
     info = {"path": str(cuts.manifest), "split": split, "num_samples": len(dataset), "sample_rate": sample_rate,
             "cuts_sha1": cuts.digest(), "max_seconds": max_seconds}  # fmt: skip
     return dataset, info
+
+
+def utterance_durations(dataset: Dataset) -> list[float]:
+    """Seconds of each utterance of :func:`utterances`' dataset (before any ``max_seconds`` truncation)."""
+    if isinstance(dataset, Subset):
+        return [dataset.dataset.cut_list[i].duration for i in dataset.indices]
+    return [cut.duration for cut in dataset.cut_list]
 
 
 def speech_cache_key(ctx: EvalContext, data: dict[str, Any], **settings: Any) -> dict[str, Any]:

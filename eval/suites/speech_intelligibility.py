@@ -19,7 +19,13 @@ from unitok.eval.extract import extract
 from unitok.eval.metrics.text import utterance_wers
 from unitok.eval.speech_data import collate_speech
 from unitok.eval.speech_models import WhisperTranscriber
-from unitok.eval.suites.speech_common import reconstruct, speech_cache_key, speech_tokenizer, utterances
+from unitok.eval.suites.speech_common import (
+    reconstruct,
+    speech_cache_key,
+    speech_tokenizer,
+    utterance_durations,
+    utterances,
+)
 from unitok.eval.suites.speech_speaker_similarity import to_16k
 
 OUT_FOLDER = "speech.intelligibility"
@@ -48,26 +54,41 @@ class IntelligibilityConfig:
     max_seconds: float | None = None
 
 
-def load_transcriber(cfg: IntelligibilityConfig, device):
-    """The ASR callable ``(T,) 16 kHz audio -> text`` (a seam for tests)."""
+def load_transcriber(cfg: IntelligibilityConfig, device) -> WhisperTranscriber:
+    """The ASR model: ``.transcribe([(T_i,) 16 kHz audio]) -> [text]`` (a seam for tests)."""
     return WhisperTranscriber(cfg.asr_model, device, num_beams=cfg.num_beams)
+
+
+def check_durations(dataset, max_seconds: float | None, window_seconds: float) -> None:
+    """Refuse, before any work, utterances the ASR would cut (their WER would count the cut words as deleted)."""
+    longest = max(utterance_durations(dataset), default=0.0)
+    if max_seconds is not None:
+        longest = min(longest, max_seconds)
+    if longest > window_seconds:
+        raise ValueError(f"the ASR reads at most {window_seconds:g} s and the data has an utterance of "
+                         f"{longest:.1f} s: pass speech.intelligibility.max_seconds={window_seconds:g}, or "
+                         f"evaluate a split of shorter utterances")  # fmt: skip
 
 
 def run(ctx: EvalContext, cfg: IntelligibilityConfig) -> SuiteOutput:
     tok = speech_tokenizer(ctx)
-    transcribe = load_transcriber(cfg, ctx.device)
+    asr = load_transcriber(cfg, ctx.device)
     dataset, data = utterances(ctx, cfg.split, tok.sample_rate, cfg.max_seconds)
+    check_durations(dataset, cfg.max_seconds, getattr(asr, "window_seconds", float("inf")))
     folder = ctx.out_dir / OUT_FOLDER / "utterances"
     folder.mkdir(parents=True, exist_ok=True)
 
     def score(batch):
         audio, lengths, rec = reconstruct(ctx, tok, batch, cfg.latent, cfg.seed)
+        spans = list(enumerate(lengths.tolist()))
+        hyps = asr.transcribe([to_16k(rec[b, :n], tok.sample_rate) for b, n in spans])
+        if cfg.reference_audio:
+            hyps_original = asr.transcribe([to_16k(audio[b, :n], tok.sample_rate) for b, n in spans])
         rows = []
-        for b, n in enumerate(lengths.tolist()):
-            row = {"cut_id": batch["cut_id"][b], "reference": batch["text"][b],
-                   "hypothesis": transcribe(to_16k(rec[b, :n], tok.sample_rate))}  # fmt: skip
+        for b, _ in spans:
+            row = {"cut_id": batch["cut_id"][b], "reference": batch["text"][b], "hypothesis": hyps[b]}
             if cfg.reference_audio:
-                row["hypothesis_original"] = transcribe(to_16k(audio[b, :n], tok.sample_rate))
+                row["hypothesis_original"] = hyps_original[b]
             (folder / f"{int(batch['index'][b]):06d}.json").write_text(json.dumps(row) + "\n")
             rows.append(row)
         refs = [r["reference"] for r in rows]
@@ -77,7 +98,7 @@ def run(ctx: EvalContext, cfg: IntelligibilityConfig) -> SuiteOutput:
         return out
 
     key = speech_cache_key(ctx, data, suite="speech.intelligibility", latent=cfg.latent, seed=cfg.seed,
-                           asr=str(getattr(transcribe, "path", "custom")), beams=cfg.num_beams,
+                           asr=str(getattr(asr, "path", "custom")), beams=cfg.num_beams,
                            reference_audio=cfg.reference_audio)  # fmt: skip
     out = extract(ctx, dataset, score, "speech_wer", key, collate_fn=collate_speech, desc="transcribe")
     metrics = {k: torch.nanmean(v.double()).item() for k, v in out.items()}
@@ -89,7 +110,7 @@ def run(ctx: EvalContext, cfg: IntelligibilityConfig) -> SuiteOutput:
     data["empty_references"] = int(torch.isnan(out["wer"]).sum())
     protocol = {
         **asdict(cfg),
-        "asr_model": str(getattr(transcribe, "path", "custom")),
+        "asr_model": str(getattr(asr, "path", "custom")),
         "tokenizer": tok.describe(),
         "normalisation": "F5-TTS: punctuation deleted, lowercase",
         "average": "mean of per-utterance WER",

@@ -182,22 +182,35 @@ def test_f5_normalisation_and_mean_of_utterance_wers():
 def test_intelligibility_suite_averages_per_utterance_wers(svae, cuts_dir, tmp_path, monkeypatch):
     heard = {}
 
-    def fake_transcriber(cfg, device):
-        def transcribe(audio):  # the reference text of the utterance of that length, one word lost when short
-            n = len(audio)
-            text = TEXTS[round((n / SR - 0.4) / 0.125)]
-            heard[n] = True
-            return text if n > SR * 0.6 else " ".join(text.split()[1:])
+    class FakeASR:
+        window_seconds = 30.0
 
-        return transcribe
+        def transcribe(self, audios):  # the reference text of the utterance of that length, one word lost when short
+            texts = []
+            for audio in audios:
+                n = len(audio)
+                text = TEXTS[round((n / SR - 0.4) / 0.125)]
+                heard[n] = True
+                texts.append(text if n > SR * 0.6 else " ".join(text.split()[1:]))
+            return texts
+
+    def fake_transcriber(cfg, device):
+        return FakeASR()
 
     monkeypatch.setattr(speech_intelligibility, "load_transcriber", fake_transcriber)
-    out = speech_intelligibility.run(_ctx(svae, cuts_dir, tmp_path), speech_intelligibility.IntelligibilityConfig())
+    cfg = speech_intelligibility.IntelligibilityConfig()
+    out = speech_intelligibility.run(_ctx(svae, cuts_dir, tmp_path), cfg)
     expected = np.mean([1 / len(f5_normalize(t).split()) if 0.4 + 0.125 * i <= 0.6 else 0.0
                         for i, t in enumerate(TEXTS)])  # fmt: skip
     assert out.metrics["wer"] == pytest.approx(expected) and out.metrics["wer_original"] == pytest.approx(expected)
     rows = [json.loads(line) for line in (tmp_path / out.artifacts["transcripts"]).read_text().splitlines()]
     assert [r["reference"] for r in rows] == TEXTS and len(heard) == 5
+    FakeASR.window_seconds = 0.7  # the two longest utterances would be cut: refused before any work
+    with pytest.raises(ValueError, match=r"at most 0.7 s .* 0.9 s: pass speech.intelligibility.max_seconds=0.7"):
+        speech_intelligibility.run(_ctx(svae, cuts_dir, tmp_path / "long"), cfg)
+    assert not (tmp_path / "long" / "speech.intelligibility").exists()
+    short = speech_intelligibility.IntelligibilityConfig(max_seconds=0.7)
+    assert speech_intelligibility.run(_ctx(svae, cuts_dir, tmp_path / "short"), short).metrics["wer"] >= 0
     with pytest.raises(FileNotFoundError, match="asr_model needs a local model directory"):
         speech_intelligibility.WhisperTranscriber(None)
     with pytest.raises(FileNotFoundError, match="whisper-large-v3"):
@@ -262,6 +275,10 @@ def test_intelligibility_suite_runs_a_local_whisper_with_the_english_transcripti
     audio = torch.from_numpy(soundfile.read(cuts_dir / "u0.wav", dtype="float32")[0])
     text = transcriber(audio)
     assert isinstance(text, str) and text == transcriber(audio)  # beam search is deterministic
+    batch = [audio[: SR // 2], audio, audio.flip(0)]
+    assert transcriber.transcribe(batch) == [transcriber(a) for a in batch]  # one window per utterance: batch-free
+    with pytest.raises(ValueError, match="at most 30 s, got an utterance of 31.0 s"):
+        transcriber.transcribe([audio, torch.zeros(31 * SR)])
     assert prompts[0] == [ids[s] for s in ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>")]
     assert not any(s in text for s in WHISPER_SPECIALS)
 
