@@ -5,7 +5,9 @@ The samples are cut into chunks of ``chunk_size`` consecutive indices; chunk ``k
 it is complete, so a killed evaluation restarts where it stopped, and a second evaluation with the same key (same
 checkpoint, data and settings) reads everything back without running the model. After a barrier every rank reads
 all chunks in index order, so reductions are over all samples exactly (never a mean of per-rank means), and the
-result does not depend on the number of ranks or the batch size.
+result does not depend on the number of ranks or the batch size. A consumer that is data-parallel itself (the
+linear probe's training) asks for ``shard=True`` instead: each rank then reads only its own chunks, the samples
+:func:`rank_samples` lists, and holds about 1/world_size of the outputs.
 """
 
 from __future__ import annotations
@@ -42,6 +44,23 @@ def _chunk_path(folder: Path, k: int) -> Path:
     return folder / f"chunk_{k:06d}.pt"
 
 
+def chunk_ranges(n: int, chunk_size: int) -> list[range]:
+    """The sample ranges of the chunks of ``n`` samples: ``chunk_size`` consecutive indices each (the last shorter)."""
+    return [range(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
+
+
+def rank_chunks(ctx: EvalContext, n: int) -> list[int]:
+    """The chunks of ``n`` samples that this rank extracts (and, with ``shard=True``, reads): k % world_size == rank."""
+    count = len(chunk_ranges(n, ctx.options.chunk_size))
+    return list(range(ctx.dist.rank, count, ctx.dist.world_size))
+
+
+def rank_samples(ctx: EvalContext, n: int) -> torch.Tensor:
+    """(n_rank,) int64 indices of the samples in this rank's chunks, ascending: the rows of ``extract(shard=True)``."""
+    chunks = chunk_ranges(n, ctx.options.chunk_size)
+    return torch.tensor([i for k in rank_chunks(ctx, n) for i in chunks[k]], dtype=torch.long)
+
+
 def _batches_of(ranges: Sequence[range], batch_size: int) -> list[list[int]]:
     out = []
     for r in ranges:
@@ -57,6 +76,7 @@ def extract(
     key: dict[str, Any],
     collate_fn: Callable | None = None,
     desc: str | None = None,
+    shard: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Run ``fn`` over ``dataset`` in batches (all ranks), cache per chunk, return every sample's outputs in order.
 
@@ -65,22 +85,33 @@ def extract(
         fn: a collated batch -> dict of tensors whose first dim is the batch (moved to CPU and cached).
         name: cache folder prefix (e.g. the suite name and split).
         key: everything the outputs depend on (checkpoint identity, data digest, settings): a new key, a new cache.
+        shard: return only the outputs of this rank's chunks (the samples :func:`rank_samples` lists, in that order)
+            instead of every sample's.
     """
-    opts = ctx.options
     folder = cache_key_dir(ctx, name, key)
-    n = len(dataset)
-    chunks = [range(s, min(s + opts.chunk_size, n)) for s in range(0, n, opts.chunk_size)]
-    mine = [k for k in range(len(chunks)) if k % ctx.dist.world_size == ctx.dist.rank]
+    chunks = chunk_ranges(len(dataset), ctx.options.chunk_size)
+    mine = rank_chunks(ctx, len(dataset))
     todo = [k for k in mine if not _chunk_path(folder, k).is_file()]
     if todo:
         _run_chunks(ctx, dataset, fn, folder, [(k, chunks[k]) for k in todo], collate_fn, desc or name)
     elif ctx.dist.is_main:
         print(f"{desc or name}: all {len(chunks)} chunks cached in {folder}", flush=True)
     ctx.barrier()
-    parts = [torch.load(_chunk_path(folder, k), map_location="cpu", weights_only=True) for k in range(len(chunks))]
+    parts = [_load_chunk(folder, k, len(chunks[k])) for k in (mine if shard else range(len(chunks)))]
+    if shard and not parts and chunks:  # a rank without chunks: no samples, but every field in its shape and dtype
+        parts = [{f: v[:0] for f, v in _load_chunk(folder, 0, len(chunks[0])).items()}]
     if not parts:
         return {}
     return {field: torch.cat([p[field] for p in parts]) for field in parts[0]}
+
+
+def _load_chunk(folder: Path, k: int, size: int) -> dict[str, torch.Tensor]:
+    part = torch.load(_chunk_path(folder, k), map_location="cpu", weights_only=True)
+    found = len(next(iter(part.values())))
+    if found != size:
+        raise ValueError(f"{_chunk_path(folder, k)} holds {found} samples where chunk {k} has {size}: the cache was "
+                         "written with another --chunk-size (use that one, or delete the folder)")  # fmt: skip
+    return part
 
 
 def _run_chunks(ctx, dataset, fn, folder: Path, todo: list[tuple[int, range]], collate_fn, desc: str) -> None:

@@ -8,8 +8,14 @@ before the step. With momentum m, no dampening and no weight decay the momentum 
 b_t is the buffer of an independent head, so the update s_t · lr_h · b_t equals that of an independent
 ``SGD(lr=lr_h)`` head under the same ``CosineAnnealingLR`` (DINOv2's ``linear.py``).
 
+Data-parallel training (a :class:`Shard` per rank): every rank draws the same seeded global batches of indices into
+the whole set, keeps the samples it holds, and adds their cross-entropies divided by the GLOBAL batch size; the
+head gradients are summed over the ranks before each step. Every step is thus the step of one process on the whole
+batch (up to float summation order), while each rank holds only its part of the features.
+
 Shape legend:
-    N: samples, B: batch, H: heads in a group, C: classes, F: a group's input width
+    N: samples (of the whole set), n: samples of one rank, B: global batch, b: a rank's part of it,
+    H: heads in a group, C: classes, F: a group's input width
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -28,13 +35,33 @@ DEFAULT_LRS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2,
 
 
 class ProbeData(Protocol):
-    """Frozen features of N samples as the probe trainer reads them."""
+    """Frozen features of N samples (n on a rank of data-parallel training) as the probe trainer reads them."""
 
     labels: torch.Tensor  # (N,) int64, on the training device
 
     def inputs(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         """Samples ``idx`` (B,) -> group name -> (B, F) float32 classifier input."""
         ...
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This rank's part of a training set split over the ranks of the default process group.
+
+    Attributes:
+        indices: (n,) position in the whole set of each of the rank's samples (row i of its :class:`ProbeData`);
+            the ranks' indices are disjoint and together cover range(total).
+        total: N, samples of all ranks together.
+    """
+
+    indices: torch.Tensor
+    total: int
+
+    def rows(self) -> torch.Tensor:
+        """(N,) int64 CPU lookup: this rank's row of every sample of the whole set, -1 where another rank holds it."""
+        rows = torch.full((self.total,), -1, dtype=torch.long)
+        rows[self.indices.cpu()] = torch.arange(len(self.indices))
+        return rows
 
 
 @dataclass
@@ -80,11 +107,15 @@ class LinearHeadGroup(nn.Module):
         h, c, f = self.weight.shape
         return F.linear(x, self.weight.reshape(h * c, f), self.bias.reshape(h * c)).view(-1, h, c)
 
-    def loss(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Sum over heads of each head's mean cross-entropy."""
-        logits = self(x).flatten(0, 1)  # (B·H, C), row b·H + h
+    def loss(self, x: torch.Tensor, labels: torch.Tensor, batch: int | None = None) -> torch.Tensor:
+        """Sum over heads of each head's cross-entropy summed over the samples and divided by ``batch``.
+
+        ``batch`` defaults to the samples given (the mean); a rank of data-parallel training passes the global
+        batch, so that the ranks' gradients sum to the gradient of the whole batch's mean.
+        """
+        logits = self(x).flatten(0, 1)  # (b·H, C), row i·H + h
         targets = labels.repeat_interleave(self.num_heads)
-        return F.cross_entropy(logits, targets, reduction="sum") / len(labels)
+        return F.cross_entropy(logits, targets, reduction="sum") / (batch or len(labels))
 
     @torch.no_grad()
     def scale_gradients(self) -> None:
@@ -170,20 +201,30 @@ def make_head_groups(
 
 @torch.no_grad()
 def evaluate_heads(
-    groups: dict[str, LinearHeadGroup], data: ProbeData, lrs: Sequence[float], chunk: int = 4096
+    groups: dict[str, LinearHeadGroup],
+    data: ProbeData,
+    lrs: Sequence[float],
+    chunk: int = 4096,
+    distributed: bool = False,
 ) -> dict[str, float]:
-    """Top-1 of every head on ``data``: head name -> accuracy."""
+    """Top-1 of every head on ``data``: head name -> accuracy.
+
+    ``distributed``: ``data`` is this rank's part of the evaluation set; correct and sample counts are summed over
+    the ranks of the default process group, so every rank gets the accuracy on the whole set.
+    """
     n = len(data.labels)
-    correct = {
-        name: torch.zeros(g.num_heads, dtype=torch.long, device=data.labels.device) for name, g in groups.items()
-    }
+    correct = torch.zeros(len(groups), len(lrs), dtype=torch.long, device=data.labels.device)
     for start in range(0, n, chunk):
         idx = torch.arange(start, min(start + chunk, n), device=data.labels.device)
         x, y = data.inputs(idx), data.labels[idx]
-        for name, g in groups.items():
-            correct[name] += (g(x[name]).argmax(-1) == y[:, None]).sum(0)
-    counts = {name: c.tolist() for name, c in correct.items()}
-    return {head_name(name, lr): counts[name][h] / max(n, 1) for name in groups for h, lr in enumerate(lrs)}
+        for i, (name, g) in enumerate(groups.items()):
+            correct[i] += (g(x[name]).argmax(-1) == y[:, None]).sum(0)
+    counts = torch.cat([correct.flatten(), correct.new_tensor([n])])
+    if distributed:
+        dist.all_reduce(counts)
+    *counts, n = counts.tolist()
+    return {head_name(name, lr): counts[i * len(lrs) + h] / max(n, 1)
+            for i, name in enumerate(groups) for h, lr in enumerate(lrs)}  # fmt: skip
 
 
 def train_linear_probes(
@@ -194,17 +235,21 @@ def train_linear_probes(
     cfg: ProbeTraining,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    shard: Shard | None = None,
 ) -> ProbeResult:
     """Train len(group_dims) x len(learning_rates) heads jointly; evaluate every head on ``val`` after every epoch.
 
     Args:
         train: epoch index -> the training features of that epoch (e.g. its augmented view); every epoch's data
-            has the same N samples, and the batch order continues across epochs.
+            has the same N samples (the same n of a shard), and the batch order continues across epochs.
         val: evaluation features.
         group_dims: input group name -> input width F (``train(e).inputs`` gives every group).
         num_classes: C.
         progress: a tqdm bar over the training iterations.
         log: receives one line per epoch (the best head so far).
+        shard: data-parallel training (see the module docstring): ``train(e)`` holds the samples ``shard.indices``
+            of the whole set, and ``val`` is this rank's part of the evaluation set. Every rank of the default
+            process group calls this with its own shard and gets the same result. None: one process, all samples.
 
     Returns:
         the per-head, per-epoch accuracies (selection over heads and epochs is the caller's, on ``val``).
@@ -212,7 +257,10 @@ def train_linear_probes(
     from tqdm.auto import tqdm
 
     data = train(0)
-    device, n = data.labels.device, len(data.labels)
+    device, n = data.labels.device, (len(data.labels) if shard is None else shard.total)
+    if shard is not None and len(shard.indices) != len(data.labels):
+        raise ValueError(f"the shard lists {len(shard.indices)} samples but the rank holds {len(data.labels)}")
+    rows = None if shard is None else shard.rows()
     batch = min(cfg.batch_size, n)
     epoch_length = cfg.epoch_length or math.ceil(n / cfg.batch_size)
     total = cfg.epochs * epoch_length
@@ -232,18 +280,25 @@ def train_linear_probes(
         data = data if epoch == 0 else train(epoch)
         with torch.enable_grad():
             for _ in range(epoch_length):
-                idx = next(stream).to(device)
+                idx = next(stream)  # (B,) into the whole set, on the CPU
+                if rows is not None:
+                    idx = rows[idx]
+                    idx = idx[idx >= 0]  # (b,) this rank's rows of the batch, in batch order
+                idx = idx.to(device)
                 x, y = data.inputs(idx), data.labels[idx]
-                loss = sum(g.loss(x[name], y) for name, g in groups.items())
+                loss = sum(g.loss(x[name], y, batch) for name, g in groups.items())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if shard is not None:
+                    for p in params:
+                        dist.all_reduce(p.grad)
                 for g in groups.values():
                     g.scale_gradients()
                 result.lr_factors.append(opt.param_groups[0]["lr"])
                 opt.step()
                 sched.step()
                 bar.update(1)
-        for name, acc in evaluate_heads(groups, val, cfg.learning_rates, cfg.eval_batch).items():
+        for name, acc in evaluate_heads(groups, val, cfg.learning_rates, cfg.eval_batch, shard is not None).items():
             result.accuracy[name].append(acc)
         if log is not None:
             top, head, _ = result.best(-1)

@@ -82,6 +82,7 @@ def split_features(
     blocks: int,
     cache_dtype: str = "float16",
     view: int | None = None,
+    shard: bool = False,
 ) -> tuple[BlockFeatures, dict[str, Any]]:
     """The probe record of every sample of ``split`` (cached), and the data description.
 
@@ -92,6 +93,8 @@ def split_features(
         cache_dtype: 'float16' (half the disk and memory of ImageNet-size caches) or 'float32'.
         view: None for the evaluation transform; v >= 0 for augmented view v (``RandomResizedCrop(crop)`` bicubic
             + flip, sample i's randomness seeded by (v, i)), each view cached separately.
+        shard: only the samples of this rank's cache chunks (:func:`~unitok.eval.extract.rank_samples`), for
+            data-parallel consumers.
     """
     tok = image_tokenizer(ctx)
     check_crop(tok, crop)
@@ -114,5 +117,5 @@ def split_features(
                     transform="eval" if view is None else "train", mean=tok.mean, std=tok.std, **settings)  # fmt: skip
     name = f"probe_{split}" + ("" if view is None else f"_view{view}")
     desc = f"probe features {split}" + ("" if view is None else f" (view {view})")
-    out = extract(ctx, dataset, embed, name, key, desc=desc)
+    out = extract(ctx, dataset, embed, name, key, desc=desc, shard=shard)
     return BlockFeatures(out["cls"], out["avgpool"], out["label"].long()), data

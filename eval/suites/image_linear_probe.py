@@ -27,9 +27,12 @@ training features are cached too, chosen by ``train_views``:
   period also sees each image about once, in a fresh augmentation).
 
 Features are cached in ``cache_dtype`` (float16 by default: ImageNet-1k train at D=1024 with 4 blocks is
-1.28M x 5 x 1024 values, 13 GB in float16 and twice that in float32) and cast to float32 for the heads. The heads
-train on the cached features on the run's device, on every rank identically (same seed, same batches), so the
-result does not depend on the number of ranks.
+1.28M x 5 x 1024 values, 13 GB in float16 and twice that in float32) and cast to float32 for the heads. Training
+is data-parallel: each rank loads only the cache chunks it extracted (about 1/world_size of the features, of both
+splits) onto the run's device, takes its samples of every global batch (the same seeded batches on every rank),
+and the head gradients are summed over the ranks before every step; evaluation sums the correct counts. Every
+step is the step of one process on the whole batch, so the result does not depend on the number of ranks (up to
+float summation order). ``details.samples_per_rank`` records how many samples each rank held.
 
 Shape legend:
     N: samples, n: stored blocks, D: encoder width, C: classes
@@ -41,8 +44,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
+
 from unitok.eval.context import EvalContext, Suite, SuiteOutput
-from unitok.eval.metrics.linear_probe import DEFAULT_LRS, ProbeResult, ProbeTraining, train_linear_probes
+from unitok.eval.extract import rank_samples
+from unitok.eval.metrics.linear_probe import DEFAULT_LRS, ProbeResult, ProbeTraining, Shard, train_linear_probes
 from unitok.eval.suites.image_features import BlockFeatures, check_cache_dtype, split_features
 
 
@@ -97,14 +103,14 @@ class LinearProbeConfig:
 def _training_features(
     ctx: EvalContext, cfg: LinearProbeConfig, common: dict[str, Any]
 ) -> tuple[Callable[[int], BlockFeatures], dict[str, Any]]:
-    """(epoch -> training features on ctx.device, data description); every view is extracted before training."""
+    """(epoch -> this rank's training features on ctx.device, data description); every view is extracted first."""
     views = [None] if cfg.train_views == 0 else list(range(cfg.train_views))
     loaded: dict[int | None, tuple[BlockFeatures, dict[str, Any]]] = {}
 
     def view_features(v: int | None) -> BlockFeatures:
         if v not in loaded:
             loaded.clear()  # one view in memory at a time
-            feats, data = split_features(ctx, cfg.train_split, view=v, **common)
+            feats, data = split_features(ctx, cfg.train_split, view=v, shard=ctx.dist.enabled, **common)
             feats.n_blocks_list = tuple(cfg.n_last_blocks_list)
             loaded[v] = (feats.to(ctx.device), data)
         return loaded[v][0]
@@ -113,6 +119,15 @@ def _training_features(
         view_features(v)
     data = loaded[views[0]][1]
     return (lambda epoch: view_features(views[epoch % len(views)])), data
+
+
+def _per_rank(ctx: EvalContext, count: int) -> list[int]:
+    """Every rank's ``count``, in rank order."""
+    if not ctx.dist.enabled:
+        return [count]
+    counts: list[Any] = [None] * ctx.dist.world_size
+    torch.distributed.all_gather_object(counts, count)
+    return counts
 
 
 def _summary(result: ProbeResult) -> dict[str, float]:
@@ -125,7 +140,7 @@ def _summary(result: ProbeResult) -> dict[str, float]:
 def run(ctx: EvalContext, cfg: LinearProbeConfig) -> SuiteOutput:
     common = {"resize": cfg.resize, "crop": cfg.crop, "blocks": max(cfg.n_last_blocks_list),
               "cache_dtype": cfg.cache_dtype}  # fmt: skip
-    val, val_data = split_features(ctx, cfg.eval_split, **common)
+    val, val_data = split_features(ctx, cfg.eval_split, shard=ctx.dist.enabled, **common)
     val.n_blocks_list = tuple(cfg.n_last_blocks_list)
     train, train_data = _training_features(ctx, cfg, common)
     if train_data["num_classes"] != val_data["num_classes"]:
@@ -136,7 +151,10 @@ def run(ctx: EvalContext, cfg: LinearProbeConfig) -> SuiteOutput:
     dims = {f"n{k}": (k + 1) * val.dim for k in cfg.n_last_blocks_list}
     ctx.log(f"linear probe: {len(dims) * len(cfg.learning_rates)} heads, {train_data['num_samples']} train / "
             f"{val_data['num_samples']} {cfg.eval_split} samples, {val_data['num_classes']} classes")  # fmt: skip
-    result = train_linear_probes(train, val.to(ctx.device), dims, val_data["num_classes"], training,
+    n_train = train_data["num_samples"]
+    shard = Shard(rank_samples(ctx, n_train), n_train) if ctx.dist.enabled else None
+    held = {"train": _per_rank(ctx, len(train(0).labels)), "eval": _per_rank(ctx, len(val.labels))}
+    result = train_linear_probes(train, val.to(ctx.device), dims, val_data["num_classes"], training, shard=shard,
                                  progress=ctx.options.progress and ctx.dist.is_main, log=ctx.log)  # fmt: skip
     protocol = {
         **asdict(cfg), "epoch_length": result.epoch_length, "iterations": result.epoch_length * cfg.epochs,
@@ -148,7 +166,8 @@ def run(ctx: EvalContext, cfg: LinearProbeConfig) -> SuiteOutput:
         "selection": f"max over heads and epochs on {cfg.eval_split} (DINOv2 / VTP)",
     }  # fmt: skip
     data = {**val_data, "train": train_data}  # top level: the evaluation split (sample count in reports)
-    return SuiteOutput(metrics=_summary(result), data=data, details={"heads": result.accuracy, "protocol": protocol})
+    details = {"heads": result.accuracy, "protocol": protocol, "samples_per_rank": held}
+    return SuiteOutput(metrics=_summary(result), data=data, details=details)
 
 
 SUITE = Suite(

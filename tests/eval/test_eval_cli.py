@@ -58,14 +58,27 @@ def test_bad_invocations_exit_2_with_a_message(toy_folder, tiny_vtp_dir, tmp_pat
 
 def test_torchrun_two_ranks_give_the_single_process_metrics(toy_folder, tiny_vtp_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = ["image.zeroshot,image.latent_stats", "--ckpt", str(tiny_vtp_dir), "--data", str(toy_folder),
-            "--workers", "0", "--no-progress", "--batch-size", "5", "--chunk-size", "4"]  # fmt: skip
+    probe = [f"image.linear_probe.{k}" for k in ("resize=32", "crop=32", "n_last_blocks_list=[1,2]", "batch_size=16",
+                                                  "epochs=3", "train_views=2")]  # fmt: skip
+    args = ["image.zeroshot,image.latent_stats,image.linear_probe", "--ckpt", str(tiny_vtp_dir), "--data",
+            str(toy_folder), "--workers", "0", "--no-progress", "--batch-size", "5", "--chunk-size", "4",
+            *probe]  # fmt: skip
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     subprocess.run([*torchrun, "-m", "unitok.eval.cli", *args, "--out", str(tmp_path / "ddp")], check=True, env=env,
                    capture_output=True, timeout=180)  # fmt: skip
     assert main([*args, "--out", str(tmp_path / "one"), "--batch-size", "8", "--chunk-size", "10"]) == 0
-    for suite in ("image.zeroshot", "image.latent_stats"):
+    for suite in ("image.zeroshot", "image.latent_stats", "image.linear_probe"):
         ddp = json.loads((tmp_path / "ddp" / f"{suite}.json").read_text())
         one = json.loads((tmp_path / "one" / f"{suite}.json").read_text())
         assert ddp["provenance"]["world_size"] == 2
         assert ddp["metrics"] == pytest.approx(one["metrics"], rel=1e-5), suite
+    # the probe trains data-parallel: each rank held half the features (chunks of 4), every head learnt the same
+    ddp, one = (
+        json.loads((tmp_path / run / "image.linear_probe.json").read_text())["details"] for run in ("ddp", "one")
+    )
+    assert ddp["samples_per_rank"] == {"train": [24, 24], "eval": [12, 12]}
+    assert one["samples_per_rank"] == {"train": [48], "eval": [24]}
+    assert ddp["heads"].keys() == one["heads"].keys() and len(one["heads"]) == 26
+    for head, accs in one["heads"].items():
+        assert ddp["heads"][head] == pytest.approx(accs, abs=1e-5), head
+    assert len({tuple(v) for v in one["heads"].values()}) > 1  # the heads differ: the comparison is not vacuous

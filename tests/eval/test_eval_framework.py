@@ -174,7 +174,10 @@ def _extract_worker(rank, world, init_file, root, out):
                       chunk_size=10, progress=False), DistInfo(rank=rank, world_size=world))  # fmt: skip
     calls = []
     got = extract_mod.extract(ctx, ds, _counting_fn(calls), "t", {"k": 1})
-    torch.save({"mean": got["mean"], "calls": sum(calls)}, Path(out) / f"rank{rank}.pt")
+    shard = extract_mod.extract(ctx, ds, _counting_fn(calls), "t", {"k": 1}, shard=True)
+    mine = extract_mod.rank_samples(ctx, len(ds)).tolist()
+    torch.save({"mean": got["mean"], "calls": sum(calls), "shard": shard["index"].tolist(), "rank_samples": mine},
+               Path(out) / f"rank{rank}.pt")  # fmt: skip
 
 
 def test_two_ranks_share_the_work_and_both_get_every_sample(toy_folder, tmp_path):
@@ -186,6 +189,28 @@ def test_two_ranks_share_the_work_and_both_get_every_sample(toy_folder, tmp_path
     assert [r["calls"] for r in ranks] == [28, 20]  # chunks 0, 2, 4 (8 samples) and 1, 3
     for r in ranks:
         assert torch.equal(r["mean"], single["mean"])
+    # shard=True: each rank reads back only its own chunks, the samples rank_samples lists
+    assert ranks[0]["shard"] == [*range(10), *range(20, 30), *range(40, 48)] == ranks[0]["rank_samples"]
+    assert ranks[1]["shard"] == [*range(10, 20), *range(30, 40)] == ranks[1]["rank_samples"]
+
+
+def test_a_rank_without_chunks_gets_empty_outputs_and_another_chunk_size_is_refused(toy_folder, tmp_path, monkeypatch):
+    import dataclasses
+
+    from unitok.engine.distributed import DistInfo
+
+    ds = IndexedImages(toy_folder / "train", squash_transform(32))
+    ctx = _ctx(_loaded(torch.nn.Linear(1, 1)), toy_folder, tmp_path, chunk_size=10)
+    full = extract_mod.extract(ctx, ds, _counting_fn([]), "t", {"k": 1})
+    monkeypatch.setattr(EvalContext, "barrier", lambda self: None)  # rank 6 of 8, alone: 5 chunks, none of them its own
+    idle = dataclasses.replace(ctx, dist=DistInfo(rank=6, world_size=8))
+    calls = []
+    got = extract_mod.extract(idle, ds, _counting_fn(calls), "t", {"k": 1}, shard=True)
+    assert calls == [] and extract_mod.rank_samples(idle, len(ds)).tolist() == []
+    assert {f: (v.shape, v.dtype) for f, v in got.items()} == {f: ((0,), v.dtype) for f, v in full.items()}
+    other = dataclasses.replace(ctx, options=dataclasses.replace(ctx.options, chunk_size=16))
+    with pytest.raises(ValueError, match="chunk_000000.pt holds 10 samples where chunk 0 has 16.*another --chunk-size"):
+        extract_mod.extract(other, ds, _counting_fn([]), "t", {"k": 1})
 
 
 # ------------------------------------------------------------------------------------------ suites

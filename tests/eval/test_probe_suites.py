@@ -1,6 +1,7 @@
 """image.linear_probe and image.knn: the grouped probe trainer, the kNN metric and both suites end to end."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from unitok.eval.context import EvalContext, EvalOptions
 from unitok.eval.metrics.classification import knn_accuracies, knn_accuracy
 from unitok.eval.metrics.linear_probe import (
     ProbeTraining,
+    Shard,
     TensorProbeData,
     batch_stream,
     make_head_groups,
@@ -19,7 +21,7 @@ from unitok.eval.metrics.linear_probe import (
 from unitok.eval.suites import image_knn, image_linear_probe
 from unitok.modalities.image.tokenizer import ImageTokenizer
 from unitok.modalities.image.toy import write_image_folder
-from unitok.testing import tiny_vtp
+from unitok.testing import init_gloo, run_distributed, tiny_vtp
 
 SMALL = {"resize": 32, "crop": 32}
 
@@ -126,6 +128,48 @@ def test_tiny_set_smaller_than_the_batch_trains_on_the_whole_set():
     result = train_linear_probes(lambda e: data, data, {"a": 4}, 2, ProbeTraining([0.1], batch_size=1024, epochs=2))
     assert result.batch_size == 12 and result.epoch_length == 1 and len(result.lr_factors) == 2
     assert result.scaled_lrs["a_lr0.1"] == pytest.approx(0.1 * 12 / 256)
+
+
+def _two_view_problem():
+    """Two training views (epoch e trains on view e % 2) of 60 samples, 30 evaluation samples, 2 input groups."""
+    x, y = _separable(90, dim=8, classes=3, scale=1.0)
+    noisy = x[:60] + 0.5 * torch.randn(60, 8, generator=torch.Generator().manual_seed(7))
+    views = [{"a": v, "b": v[:, :5] * 2} for v in (x[:60], noisy)]
+    cfg = ProbeTraining(learning_rates=[0.05, 0.8], batch_size=16, epochs=3, seed=3)  # 4 its/epoch: 3 permutations
+    return views, y[:60], {"a": x[60:], "b": x[60:, :5] * 2}, y[60:], cfg
+
+
+def _sharded_probe_worker(rank, world, init_file, out):
+    init_gloo(rank, world, init_file)
+    views, y, val_x, val_y, cfg = _two_view_problem()
+    # uneven, interleaved shards in no particular order: rank 0 holds every third sample, rank 1 the rest reversed;
+    # rank 0 holds the whole evaluation set and rank 1 none of it
+    mine = torch.arange(0, 60, 3) if rank == 0 else torch.tensor([i for i in range(59, -1, -1) if i % 3])
+    val_rows = torch.arange(30) if rank == 0 else torch.arange(0)
+    train = [TensorProbeData({k: v[mine] for k, v in view.items()}, y[mine]) for view in views]
+    val = TensorProbeData({k: v[val_rows] for k, v in val_x.items()}, val_y[val_rows])
+    result = train_linear_probes(lambda e: train[e % 2], val, {"a": 8, "b": 5}, 3, cfg, shard=Shard(mine, 60))
+    weights = {name: (g.weight.detach(), g.bias.detach()) for name, g in result.groups.items()}
+    torch.save({"accuracy": result.accuracy, "weights": weights, "held": len(mine)}, Path(out) / f"rank{rank}.pt")
+
+
+def test_data_parallel_probe_training_takes_the_single_process_steps(tmp_path):
+    views, y, val_x, val_y, cfg = _two_view_problem()
+    train = [TensorProbeData(view, y) for view in views]
+    single = train_linear_probes(lambda e: train[e % 2], TensorProbeData(val_x, val_y), {"a": 8, "b": 5}, 3, cfg)
+    run_distributed(_sharded_probe_worker, 2, str(tmp_path), timeout_s=120)
+    init = make_head_groups({"a": 8, "b": 5}, 3, [1.0, 1.0], seed=3, device=torch.device("cpu"))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert [r["held"] for r in ranks] == [20, 40]
+    for r in ranks:
+        assert r["accuracy"].keys() == single.accuracy.keys()
+        for head, accs in single.accuracy.items():
+            assert r["accuracy"][head] == pytest.approx(accs, abs=1e-6), head
+        for name, group in single.groups.items():
+            weight, bias = r["weights"][name]
+            assert not torch.allclose(weight, init[name].weight, atol=1e-3)  # it did train
+            torch.testing.assert_close(weight, group.weight.detach(), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(bias, group.bias.detach(), atol=1e-5, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------- kNN metric
