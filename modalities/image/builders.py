@@ -71,11 +71,12 @@ def build_webdataset_dataset(params: dict[str, Any], split: str = "train"):
     ``params``: ``shards`` (required: brace pattern ``/data/{00000..01023}.tar``, glob, directory or list),
     ``size`` (clean view side, default 256), ``multicrop`` (DINOv2 crops, as for ``image_folder``),
     ``shuffle_buffer`` (sample groups mixed within a worker, default 5000 as open_clip), ``shuffle_shards``,
+    ``resampled`` (draw shards with replacement, endlessly, instead of epochs; open_clip's ``--dataset-resampled``),
     ``require_caption``; null values are unset.
     """
     from unitok.modalities.image.data import WebDatasetShards
 
-    allowed = {"shards", "size", "multicrop", "shuffle_buffer", "shuffle_shards", "require_caption"}
+    allowed = {"shards", "size", "multicrop", "shuffle_buffer", "shuffle_shards", "resampled", "require_caption"}
     params = _checked("webdataset", params, allowed, "shards", "tar shards: a brace pattern, glob, directory or list")
     transform, collate = _train_views(params.pop("size", 256), params.pop("multicrop", None), split)
     params.setdefault("shuffle_buffer", 5000)

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from unitok.modalities.image.shard_stream import ShardStream, ShardTally, remap_positions
 from unitok.modalities.image.shards import (  # noqa: F401  (shard lists are part of this module's API)
     SHARD_ERRORS,
     Group,
@@ -80,15 +81,21 @@ class WebDatasetShards(IterableDataset):
     shards and together read all of them once per epoch. An optional buffer shuffle, seeded by ``(seed, epoch,
     consumer)``, mixes a consumer's raw sample groups (bytes) before they are decoded.
 
+    ``resampled`` (open_clip's ``--dataset-resampled``, webdataset's ``ResampledShards``) replaces epochs: every
+    consumer draws shards with replacement from the whole list, forever, each draw a function of ``(seed, consumer,
+    draw number)``; the buffer never drains. Consumers then overlap and may outnumber the shards; there are no epochs
+    (training is step-based, so none is needed).
+
     Two ways to read:
 
-    - ``iter(ds)`` / :meth:`iterate`: one epoch (endless epochs with ``repeat``). Fewer shards than consumers
-      leaves some consumers without data (a warning says so).
+    - ``iter(ds)`` / :meth:`iterate`: one epoch (endless epochs with ``repeat``, endless draws when resampled).
+      Fewer shards than consumers leaves some consumers without data (a warning says so).
     - :meth:`stream`, what the trainer uses (:mod:`unitok.engine.stream`): one consumer's endless samples with a
       position that resumes exactly. Epochs are per consumer: after its shards of epoch ``e`` a consumer goes on
       with its shards of epoch ``e + 1`` (training is step-based; consumers never run dry, each needs a shard).
-      The position is (epoch, groups read, sizes of the shards read, shuffle-buffer content, RNG state): resuming
-      opens no shard wholly before it and decodes nothing that was consumed.
+      The position is (epoch or draw count, groups read, sizes of the shards still in the buffer, shuffle-buffer
+      content, RNG state): resuming opens no shard wholly before it and decodes nothing that was consumed.
+      :meth:`remap_positions` carries the positions over to another number of consumers (see there).
 
     Skipped samples (undecodable image, missing image or caption, cut off by a truncated shard) and unreadable
     shards are counted in ``stats``; every shard logs one line with its counts once all its samples are handled.
@@ -105,6 +112,7 @@ class WebDatasetShards(IterableDataset):
         shuffle_shards: shuffle the shard order every epoch (else the given order).
         shuffle_buffer: size of a buffer shuffle over sample groups within a consumer (0: stream order).
         repeat: ``iter`` goes through epochs forever (epoch, epoch + 1, ...) instead of one.
+        resampled: draw shards with replacement, endlessly, instead of epochs (``iter`` is endless too).
         require_caption: skip samples without ``.txt``; else their caption is "".
         rank, world_size: override torch.distributed for ``iter`` (default: the process group, else 0 / 1).
         check_exists: fail at construction when a named shard does not exist.
@@ -118,6 +126,7 @@ class WebDatasetShards(IterableDataset):
         shuffle_shards: bool = True,
         shuffle_buffer: int = 0,
         repeat: bool = False,
+        resampled: bool = False,
         require_caption: bool = True,
         rank: int | None = None,
         world_size: int | None = None,
@@ -130,6 +139,7 @@ class WebDatasetShards(IterableDataset):
         self.shuffle_shards = shuffle_shards
         self.shuffle_buffer = shuffle_buffer
         self.repeat = repeat
+        self.resampled = resampled
         self.require_caption = require_caption
         self.rank = rank
         self.world_size = world_size
@@ -143,12 +153,16 @@ class WebDatasetShards(IterableDataset):
         """Select the shard order of ``epoch`` (call before each epoch, as with ``DistributedSampler``)."""
         self.epoch = epoch
 
-    def shard_order(self, epoch: int, seed: int | None = None) -> list[str]:
-        """All shards in the order of ``epoch`` (the same on every rank and worker)."""
-        order = list(self.shards)
+    def shard_indices(self, epoch: int, seed: int | None = None) -> list[int]:
+        """The order of ``epoch`` as indices into ``shards`` (the same on every rank and worker)."""
+        order = list(range(len(self.shards)))
         if self.shuffle_shards:
             random.Random(f"unitok-shards/{self.seed if seed is None else seed}/{epoch}").shuffle(order)
         return order
+
+    def shard_order(self, epoch: int, seed: int | None = None) -> list[str]:
+        """All shards in the order of ``epoch`` (the same on every rank and worker)."""
+        return [self.shards[i] for i in self.shard_indices(epoch, seed)]
 
     def consumer_shards(self, epoch: int, consumer: int, num_consumers: int, seed: int | None = None) -> list[str]:
         """The shards that consumer ``consumer`` of ``num_consumers`` reads in ``epoch``."""
@@ -182,6 +196,9 @@ class WebDatasetShards(IterableDataset):
     ) -> Iterator[dict[str, Any]]:
         """The samples of one consumer from ``self.epoch`` on; ``iter(self)`` calls this with the real values."""
         consumer, num_consumers = rank * num_workers + worker_id, world_size * num_workers
+        if self.resampled:
+            yield from ShardStream(self, consumer, num_consumers, self.seed, None)
+            return  # never reached: resampled streams are endless
         epoch = self.epoch
         while True:
             if not self.shards_for(epoch, rank, world_size, worker_id, num_workers):
@@ -190,81 +207,45 @@ class WebDatasetShards(IterableDataset):
                     rank, worker_id, len(self.shards), num_consumers,
                 )  # fmt: skip
                 return
-            yield from self._epoch(epoch, consumer, num_consumers, self.seed, _Cursor())
+            yield from ShardStream(self, consumer, num_consumers, self.seed, None).epoch(epoch)
             if not self.repeat:
                 return
             epoch += 1
 
     def stream(self, consumer: int, num_consumers: int, seed: int, state: dict[str, Any] | None = None) -> ShardStream:
         """Endless samples of one consumer from a saved position (:class:`ShardStream`; the trainer's protocol)."""
-        if len(self.shards) < num_consumers:
+        if len(self.shards) < num_consumers and not self.resampled:
             raise ValueError(
                 f"{len(self.shards)} shards for {num_consumers} data consumers (ranks x DataLoader workers): every "
-                "consumer needs at least one shard; use more shards or fewer train.num_workers"
+                "consumer needs at least one shard; use more shards, fewer train.num_workers or resampled shards"
             )
-        if state is not None and state.get("num_shards", len(self.shards)) != len(self.shards):
+        self.check_position(state)
+        return ShardStream(self, consumer, num_consumers, seed, state)
+
+    def check_position(self, state: dict[str, Any] | None) -> None:
+        """Raise ValueError for a saved position of another shard list or of the other mode (resampled or epochs)."""
+        if state is None:
+            return
+        if state.get("num_shards", len(self.shards)) != len(self.shards):
             raise ValueError(
                 f"the saved data position is for {state['num_shards']} shards, this data set has {len(self.shards)}: "
                 "resume with the same shard list"
             )
-        return ShardStream(self, consumer, num_consumers, seed, state)
+        if ("resampled" in state) != self.resampled:
+            saved, now = ("resampled", "epochs") if "resampled" in state else ("epochs", "resampled")
+            raise ValueError(f"the saved data position is for {saved} shards, this data set reads {now}: resume with "
+                             f"the same data.params.resampled")  # fmt: skip
 
-    def _epoch(self, epoch: int, consumer: int, num_consumers: int, seed: int, cursor: _Cursor,
-               resume: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:  # fmt: skip
-        """One consumer's samples of one epoch, from the start or from a saved position; ``cursor`` tracks it."""
-        shards = self.consumer_shards(epoch, consumer, num_consumers, seed)
-        buffer = ShuffleBuffer(self.shuffle_buffer, random.Random(f"unitok-samples/{seed}/{epoch}/{consumer}"))
-        cursor.epoch, cursor.buffer, cursor.sizes, cursor.next_id = epoch, buffer, [], 0
-        refill: dict[int, int] = {}  # resuming: group id -> buffer slot it goes back to
-        first_shard = first_id = 0
-        if resume is not None:
-            version, internal, gauss = resume["rng"]
-            buffer.rng.setstate((version, tuple(internal), gauss))
-            buffer.draining = bool(resume["draining"])
-            buffer.items = [None] * len(resume["buffer"])
-            refill = {int(gid): slot for slot, gid in enumerate(resume["buffer"])}
-            cursor.next_id = int(resume["next_id"])
-            first = min([*refill, cursor.next_id])
-            for size in resume["sizes"]:  # skip the shards wholly before the position without opening them
-                if first_id + size > first:
-                    break
-                first_shard, first_id = first_shard + 1, first_id + size
-            cursor.sizes = [int(s) for s in resume["sizes"][:first_shard]]
-        tally = _ShardTally(self.stats)
-        for gid, item in self._numbered_groups(shards, first_shard, first_id, cursor.sizes, tally):
-            if gid < cursor.next_id:  # resuming: refill the buffer, drop what was consumed (no decoding)
-                slot = refill.pop(gid, None)
-                if slot is None:
-                    tally.handled(item[0], False)
-                else:
-                    buffer.items[slot] = (gid, item)
-                continue
-            cursor.next_id = gid + 1
-            out = buffer.push((gid, item))
-            if out is not None and (sample := self._sample(out[1], tally)) is not None:
-                yield sample
-        if refill:
-            raise RuntimeError(f"shards changed since the position was saved: groups {sorted(refill)[:5]} not found")
-        for out in buffer.drain():
-            if (sample := self._sample(out[1], tally)) is not None:
-                yield sample
+    def remap_positions(self, states: dict[int, Any], old: int, new: int, seed: int) -> dict[int, dict[str, Any]]:
+        """Positions of ``new`` consumers continuing those of ``old`` (another world size or number of workers).
 
-    def _numbered_groups(self, shards: list[str], first_shard: int, first_id: int, sizes: list[int],
-                         tally: _ShardTally) -> Iterator[tuple[int, tuple[int, str, Group]]]:  # fmt: skip
-        """(group id, (shard index, url, group)) from ``shards[first_shard]`` on; appends each shard's size."""
-        gid = first_id
-        for k in range(first_shard, len(shards)):
-            report: dict[str, Any] = {}
-            n = 0
-            for group in read_groups(shards[k], report):
-                tally.read(k)
-                yield gid, (k, shards[k], group)
-                gid, n = gid + 1, n + 1
-            sizes.append(n)
-            tally.read_done(k, shards[k], report["error"])
+        With epochs nothing of the epochs under way is lost or read twice (shuffle order and augmentation randomness
+        start afresh); resampled consumers draw afresh (:func:`~unitok.modalities.image.shard_stream.remap_positions`).
+        """
+        return remap_positions(self, states, old, new, seed)
 
-    def _sample(self, item: tuple[int, str, Group], tally: _ShardTally) -> dict[str, Any] | None:
-        """Decode one group into a sample, or count why it is skipped."""
+    def decode_group(self, item: tuple[int, str, Group], tally: ShardTally) -> dict[str, Any] | None:
+        """One (piece index, url, group) as read, decoded into a sample; or None, the reason counted in ``tally``."""
         k, url, (key, group, damage) = item
         reason = None
         image_ext = next((e for e in IMAGE_EXTENSIONS if e in group), None)
@@ -293,101 +274,6 @@ class WebDatasetShards(IterableDataset):
                 meta = None
         text = (caption or b"").decode("utf-8", errors="replace").strip()
         return _apply_transform({"text": text, "json": meta, "key": key, "url": url}, image, self.transform)
-
-
-class _Cursor:
-    """Live position of one consumer in an epoch (see :meth:`ShardStream.state_dict`)."""
-
-    def __init__(self):
-        self.epoch, self.next_id, self.sizes, self.buffer = 0, 0, [], None
-
-
-class ShardStream:
-    """One consumer's endless samples (epoch after epoch) and its position, :meth:`state_dict`."""
-
-    def __init__(self, ds: WebDatasetShards, consumer: int, num_consumers: int, seed: int,
-                 state: dict[str, Any] | None):  # fmt: skip
-        self.ds, self.consumer, self.num_consumers, self.seed = ds, consumer, num_consumers, seed
-        self.cursor, self._saved = _Cursor(), state
-        self._samples = self._run(state)
-
-    def __iter__(self) -> ShardStream:
-        return self
-
-    def __next__(self) -> dict[str, Any]:
-        return next(self._samples)
-
-    def state_dict(self) -> dict[str, Any] | None:
-        """The position after the last sample returned (what :meth:`WebDatasetShards.stream` takes back)."""
-        c = self.cursor
-        if c.buffer is None:
-            return self._saved
-        return {"epoch": c.epoch, "next_id": c.next_id, "sizes": list(c.sizes), "draining": c.buffer.draining,
-                "buffer": [gid for gid, _ in c.buffer.items], "rng": c.buffer.rng.getstate(),
-                "num_shards": len(self.ds.shards)}  # fmt: skip
-
-    def _run(self, state: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
-        epoch, resume = (int(state["epoch"]), state) if state is not None else (self.ds.epoch, None)
-        while True:
-            produced = 0
-            for sample in self.ds._epoch(epoch, self.consumer, self.num_consumers, self.seed, self.cursor, resume):
-                produced += 1
-                yield sample
-            if produced == 0 and resume is None:
-                shards = self.ds.consumer_shards(epoch, self.consumer, self.num_consumers, self.seed)
-                raise RuntimeError(f"data consumer {self.consumer}: no valid sample in its shards {shards} of epoch "
-                                   f"{epoch} (the log says why)")  # fmt: skip
-            epoch, resume = epoch + 1, None
-
-
-class _ShardTally:
-    """Per-shard counts of one consumer-epoch; logs a shard's line once all its groups are handled."""
-
-    def __init__(self, stats: dict[str, int]):
-        self.stats = stats
-        self.open: dict[int, dict[str, Any]] = {}
-
-    def _entry(self, k: int) -> dict[str, Any]:
-        return self.open.setdefault(k, {"pending": 0, "dropped": 0, "done": False, **dict.fromkeys(self.stats, 0)})
-
-    def read(self, k: int) -> None:
-        self._entry(k)["pending"] += 1
-
-    def handled(self, k: int, reason: str | None | bool) -> None:
-        """One group of shard ``k`` is done: a sample (None), a skip (its reason) or dropped on resume (False)."""
-        entry = self._entry(k)
-        entry["pending"] -= 1
-        if reason is None or reason is False:
-            keys = ["samples"] if reason is None else ["dropped"]
-        else:
-            keys = ["skipped", f"skipped_{reason}"]
-        for key in keys:
-            entry[key] += 1
-            if key in self.stats:
-                self.stats[key] += 1
-        self._maybe_log(k)
-
-    def read_done(self, k: int, url: str, error: BaseException | None) -> None:
-        entry = self._entry(k)
-        entry.update(done=True, url=url, error=error)
-        self.stats["shards"] += 1
-        self.stats["shard_errors"] += int(error is not None)
-        self._maybe_log(k)
-
-    def _maybe_log(self, k: int) -> None:
-        entry = self.open[k]
-        if not entry["done"] or entry["pending"]:
-            return
-        del self.open[k]
-        if entry["dropped"] and not entry["samples"] + entry["skipped"]:
-            return  # consumed before the resumed position: already logged by the earlier run
-        reasons = ", ".join(f"{n[8:]} {v}" for n, v in entry.items() if n.startswith("skipped_") and v)
-        msg = f"shard {entry['url']}: {entry['samples']} samples, {entry['skipped']} skipped"
-        msg += f" ({reasons})" if reasons else ""
-        if entry["error"] is not None:
-            logger.warning("%s; shard unreadable or truncated: %s", msg, entry["error"])
-        else:
-            logger.log(logging.WARNING if entry["skipped"] else logging.INFO, msg)
 
 
 # ---------------------------------------------------------------------------------------------------------------

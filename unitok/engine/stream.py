@@ -12,8 +12,12 @@ streams never end, so no worker drops out), hence the consumer of the global bat
 a resumed loader rotates its workers by ``n % workers`` and each consumer restarts at its saved position, which
 reproduces the uninterrupted sequence of batches. Per-sample randomness (augmentations) runs under an RNG
 seeded by (seed, consumer, sample index), so it replays too. The position (batches consumed and every
-consumer's state, gathered from all ranks) goes into the trainer checkpoint; resuming needs the same
-``world_size`` and number of workers.
+consumer's state, gathered from all ranks) goes into the trainer checkpoint.
+
+Resuming with another ``world_size`` or number of workers: with the same number of consumers (e.g. 2 ranks x 2
+workers -> 4 x 1) every consumer goes on exactly where it stopped, only served by another rank or worker; with another
+number, a data set that implements ``remap_positions(states, old, new, seed)`` (consumer -> saved stream state of the
+``old`` consumers -> states of the ``new`` ones) decides what each new consumer reads, and one without it is refused.
 
 Batch streams: a data set whose stream items are already whole batches (e.g. lhotse's duration-bucketed batches of
 speech cuts, whose sizes vary) sets ``yields_batches = True`` and runs with ``batch_size=0``: each item is passed
@@ -22,6 +26,7 @@ alone to ``collate_fn`` (under the item's seeded RNG) and counts as one position
 
 from __future__ import annotations
 
+import logging
 import pickle
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, runtime_checkable
@@ -30,6 +35,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from unitok.engine.state import seeded_rng
+
+logger = logging.getLogger(__name__)
 
 
 class StreamIterator(Protocol):
@@ -164,12 +171,31 @@ class StreamBatches:
         if state is None:
             self.batches_done, self.consumers = 0, {}
             return
-        saved, now = (state["world_size"], state["workers"]), (self.world_size, self.workers)
-        if saved != now:
-            raise ValueError(
-                f"the checkpoint's data position is for world_size {saved[0]} x {saved[1]} workers per rank, "
-                f"this run has {now[0]} x {now[1]}: resume streaming data with the same ranks and train.num_workers"
-            )
-        mine = range(self.rank * self.workers, (self.rank + 1) * self.workers)
+        consumers = {int(c): s for c, s in state["consumers"].items()}
         self.batches_done = int(state["batches"])
-        self.consumers = {int(c): s for c, s in state["consumers"].items() if int(c) in mine}
+        if (state["world_size"], state["workers"]) != (self.world_size, self.workers):
+            consumers, self.batches_done = self._retarget(consumers, state["world_size"], state["workers"]), 0
+        mine = range(self.rank * self.workers, (self.rank + 1) * self.workers)
+        self.consumers = {c: s for c, s in consumers.items() if c in mine}
+
+    def _retarget(self, consumers: dict[int, Any], world_size: int, workers: int) -> dict[int, Any]:
+        """This run's consumer positions from those saved by ``world_size`` x ``workers`` consumers."""
+        old, new = world_size * workers, self.world_size * self.workers
+        topology = (f"world_size {world_size} x {workers} workers per rank, this run has {self.world_size} x "
+                    f"{self.workers}")  # fmt: skip
+        if old == new:
+            logger.warning("the checkpoint's data position is for %s: each of the %d data consumers goes on exactly "
+                           "where it stopped, served by another rank or worker", topology, new)  # fmt: skip
+            return consumers
+        remap = getattr(self.dataset, "remap_positions", None)
+        if remap is None:
+            raise ValueError(
+                f"the checkpoint's data position is for {topology}: {type(self.dataset).__name__} cannot re-map it "
+                "to another number of consumers; resume streaming data with the same ranks and train.num_workers"
+            )
+        logger.warning("the checkpoint's data position is for %s: re-mapping %d data consumers to %d", topology, old,
+                       new)  # fmt: skip
+        streams = remap({c: s["stream"] for c, s in consumers.items()}, old, new, self.seed)
+        # per-sample seeds go on past every old count, so no new consumer replays an old augmentation seed
+        samples = max((int(s["samples"]) for s in consumers.values()), default=0)
+        return {c: {"samples": samples, "stream": stream} for c, stream in streams.items()}

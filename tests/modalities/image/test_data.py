@@ -87,7 +87,7 @@ def shards(tmp_path):
 
 def test_reads_good_samples_and_counts_skips(shards, caplog):
     ds = WebDatasetShards(shards, shuffle_shards=False)
-    with caplog.at_level(logging.INFO, logger="unitok.modalities.image.data"):
+    with caplog.at_level(logging.INFO, logger="unitok.modalities.image"):
         samples = list(ds)
     assert [s["key"] for s in samples] == ["a0", "a1", "a2", "b0", "b1", "c0", "c1"]
     s = samples[1]
