@@ -19,16 +19,10 @@ from unitok.modalities.speech.latent_shards import iter_latents, read_shard_info
 from unitok.modalities.speech.semantic_vae import create_semantic_vae
 from unitok.modalities.speech.tokenizer import SpeechTokenizer, utterance_noise
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 #: (sample rate, seconds) of the synthetic utterances: two rates (resampling), lengths not multiples of the hop
 CLIPS = [(16000, 0.31), (22050, 0.52), (16000, 0.77), (16000, 0.2), (22050, 0.43)]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,7 @@ from unitok.modalities.speech.losses import SemanticVAELoss
 from unitok.modalities.speech.semantic_vae import SemanticVAE, create_semantic_vae
 from unitok.modalities.speech.semantic_vae_config import SEMANTIC_VAE_PRESETS, SemanticVAEConfig
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

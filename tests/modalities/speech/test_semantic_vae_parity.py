@@ -21,16 +21,10 @@ TINY = PARITY / "tiny_default"
 TOL = 1e-5
 AUDIO = ("decoded_z", "decoded_mu", "odd_audio")
 
-pytestmark = pytest.mark.skipif(not (TINY / "reference.pt").is_file(), reason=f"no parity reference at {TINY}")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny convolutions run fastest single-threaded, and xdist runs two workers on the two cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.skipif(not (TINY / "reference.pt").is_file(), reason=f"no parity reference at {TINY}"),
+]
 
 
 @pytest.fixture(scope="module")

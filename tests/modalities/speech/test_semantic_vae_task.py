@@ -19,19 +19,13 @@ from unitok.modalities.speech.semantic_vae_task import TERMS, SemanticVAETask
 from unitok.registry import DATASETS
 from unitok.train import build_task, load_run_config
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REPO = Path(__file__).resolve().parents[3]
 TINY = REPO / "recipes" / "debug" / "semantic_vae_tiny.yaml"
 T = 4000  # 0.25 s: enough for the 2048-sample mel / MRD windows, 10 latent frames
 FAST = ["train.batch_size=2", "train.progress=false", "train.log_every=1", "train.device=cpu",
         "task.params.pad_to_seconds=null"]  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Sines(Dataset):
@@ -304,20 +298,6 @@ def test_ddp_trains_the_acoustic_vae_with_its_unused_projector_frozen(tmp_path):
     assert a.keys() == b.keys() and any(k.startswith("discriminator.") for k in a)
     for k in a:
         assert torch.equal(a[k], b[k]), k
-
-
-@pytest.fixture(scope="module")
-def wavlm_dir(tmp_path_factory) -> Path:
-    """A random-init tiny WavLM (32-d: semantic_vae_tiny's distill_hidden_dim) saved as a transformers directory."""
-    from transformers import WavLMConfig, WavLMModel
-
-    torch.manual_seed(0)
-    cfg = WavLMConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                      conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
-                      num_buckets=32, max_bucket_distance=64, feat_extract_norm="layer")  # fmt: skip
-    path = tmp_path_factory.mktemp("wavlm")
-    WavLMModel(cfg).save_pretrained(path)
-    return path
 
 
 def test_wavlm_teacher_guides_the_alignment_term_on_the_fly(wavlm_dir):

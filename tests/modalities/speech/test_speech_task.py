@@ -56,20 +56,6 @@ def weights(*active: str) -> LossComposer:
     return LossComposer({"terms": {t: {"weight": 1.0 if t in active else 0.0} for t in TERMS}})
 
 
-@pytest.fixture(scope="module")
-def wavlm_dir(tmp_path_factory) -> Path:
-    """A random-init tiny WavLM saved like a downloaded facebook/wavlm-large directory."""
-    from transformers import WavLMConfig, WavLMModel
-
-    torch.manual_seed(0)
-    cfg = WavLMConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                      conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
-                      num_buckets=32, max_bucket_distance=64, feat_extract_norm="layer")  # fmt: skip
-    path = tmp_path_factory.mktemp("wavlm")
-    WavLMModel(cfg).save_pretrained(path)
-    return path
-
-
 def make_task(*active: str, wavlm=None, model=None, **params) -> SpeechTask:
     cfg = build_config(SpeechTaskConfig, TASK, {"teacher": {"path": str(wavlm) if wavlm else None}}, params)
     return SpeechTask(model or tiny_model(), weights(*active), cfg, total_steps=100)
