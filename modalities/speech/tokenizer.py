@@ -34,10 +34,11 @@ class SpeechTokenizer:
     def __init__(self, model: nn.Module):
         self.model = model
         self.is_semantic_vae = type(model).__name__ == "SemanticVAE"
+        expected = "a Semantic-VAE / acoustic-VAE or a unitok speech tokenizer checkpoint"
         if not self.is_semantic_vae and not (hasattr(model, "encode") and hasattr(model, "decode")):
-            raise ValueError(f"{type(model).__name__} is not a speech tokenizer (it needs encode and decode)")
+            raise ValueError(f"{type(model).__name__} is not a speech tokenizer (no encode / decode): pass {expected}")
         if not hasattr(model, "sample_rate"):
-            raise ValueError(f"{type(model).__name__} is not a speech tokenizer (it records no sample_rate)")
+            raise ValueError(f"{type(model).__name__} is not a speech tokenizer (no sample_rate): pass {expected}")
 
     @property
     def sample_rate(self) -> int:

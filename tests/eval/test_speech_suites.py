@@ -309,3 +309,18 @@ def test_tokenizer_over_a_unitok_speech_model_samples_its_gaussian_posterior(cut
         _ctx(model, cuts_dir, tmp_path), speech_reconstruction.SpeechReconstructionConfig()
     )
     assert math.isfinite(metrics.metrics["mel_distance"])
+
+
+def test_tokenizer_refuses_a_model_that_is_not_a_speech_tokenizer():
+    with pytest.raises(ValueError, match="Linear is not a speech tokenizer .no encode / decode.: pass a Semantic-VAE"):
+        SpeechTokenizer(torch.nn.Linear(2, 2))
+
+    class ImageCodec(torch.nn.Module):
+        def encode(self, x):
+            return x
+
+        def decode(self, z):
+            return z
+
+    with pytest.raises(ValueError, match="ImageCodec is not a speech tokenizer .no sample_rate."):
+        SpeechTokenizer(ImageCodec())
