@@ -49,6 +49,9 @@ demo-speech: install
 	$(PY) -m unitok.modalities.speech.data prepare toy $(SPEECH_OUT)/data
 	$(VENV)/bin/unitok-eval speech.reconstruction,speech.latent_stats --ckpt $(SPEECH_OUT)/run \
 		--data $(SPEECH_OUT)/data --out $(SPEECH_OUT)/eval speech.latent_stats.split=val
+	$(VENV)/bin/unitok-eval speech.intelligibility,speech.speaker_similarity --ckpt $(SPEECH_OUT)/run \
+		--data $(SPEECH_OUT)/data --out $(SPEECH_OUT)/eval --max-samples 20 \
+		speech.intelligibility.asr=pocketsphinx speech.speaker_similarity.sv=resemblyzer
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -1,10 +1,14 @@
-"""Frozen speech models the evaluation suites score with, read from local paths through transformers.
+"""Frozen speech models the evaluation suites score with, all read from local files.
 
 * a speaker-verification model (``AutoModelForAudioXVector``, e.g. ``microsoft/wavlm-base-plus-sv``) for speaker
   similarity: cosine of the x-vector embeddings;
-* Whisper (``WhisperForConditionalGeneration`` + ``WhisperProcessor``, e.g. ``openai/whisper-large-v3``) for ASR.
+* Whisper (``WhisperForConditionalGeneration`` + ``WhisperProcessor``, e.g. ``openai/whisper-large-v3``) for ASR;
+* offline stand-ins whose weights ship inside their pip packages, for demos and smoke tests on machines without
+  those downloads: CMU PocketSphinx's US-English model (ASR) and Resemblyzer's GE2E d-vector (speaker embedding).
+  Their scores are a coarse relative signal (PocketSphinx's WER on clean synthetic speech is far above Whisper's):
+  compare systems only under the same model; every result records which one it used.
 
-Nothing is downloaded: a missing path names the model to copy there. The speaker model embeds one utterance at a
+Nothing is downloaded: a missing path names the model to copy there. The speaker models embed one utterance at a
 time, so padding never changes a score; Whisper transcribes a batch at once, since its processor pads every input to
 the same 30-second window anyway (so a batch gives each utterance the input it would get alone).
 
@@ -15,6 +19,7 @@ Shape legend:
 from __future__ import annotations
 
 import os
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -42,6 +47,7 @@ class SpeakerEmbedder:
         from transformers import AutoFeatureExtractor, AutoModelForAudioXVector
 
         self.path = _local_dir(path, "sv_model", SV_HINT)
+        self.identity = str(self.path)
         self.extractor = AutoFeatureExtractor.from_pretrained(self.path)
         self.model = AutoModelForAudioXVector.from_pretrained(self.path).to(device).eval()
         self.device = device
@@ -63,6 +69,7 @@ class WhisperTranscriber:
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
         self.path = _local_dir(path, "asr_model", ASR_HINT)
+        self.identity = str(self.path)
         self.processor = WhisperProcessor.from_pretrained(self.path)
         self.model = WhisperForConditionalGeneration.from_pretrained(self.path).to(device).eval()
         self.device, self.num_beams, self.language = device, num_beams, language
@@ -83,3 +90,53 @@ class WhisperTranscriber:
     def __call__(self, audio: torch.Tensor) -> str:
         """(T,) 16 kHz audio -> text."""
         return self.transcribe([audio])[0]
+
+
+def _import_offline(module: str, what: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ImportError(f"{what} needs the {module} package: pip install {module} (or unitok[eval])") from None
+
+
+class PocketsphinxTranscriber:
+    """16 kHz audio -> text with PocketSphinx's bundled US-English acoustic model, 3-gram LM and dictionary."""
+
+    window_seconds = float("inf")  # decodes utterances of any length
+
+    def __init__(self):
+        self.decoder_cls = _import_offline("pocketsphinx", "asr=pocketsphinx").Decoder
+        self.identity = f"pocketsphinx {version('pocketsphinx')} (bundled en-us model)"
+
+    def transcribe(self, audios: list[torch.Tensor]) -> list[str]:
+        """[(T_i,) 16 kHz audio] -> one text each (16-bit PCM).
+
+        Each utterance gets a fresh decoder (about 0.1 s): a reused one carries its running cepstral-mean and noise
+        estimates over from the previous utterance, which makes a transcript depend on what was decoded before.
+        """
+        texts = []
+        for audio in audios:
+            pcm = (audio.detach().float().clamp(-1, 1) * 32767).round().short().cpu().numpy().tobytes()
+            decoder = self.decoder_cls(samprate=16000, loglevel="FATAL")
+            decoder.start_utt()
+            decoder.process_raw(pcm, full_utt=True)
+            decoder.end_utt()
+            hyp = decoder.hyp()
+            texts.append(hyp.hypstr.strip() if hyp is not None else "")
+        return texts
+
+
+class ResemblyzerEmbedder:
+    """(T,) 16 kHz audio -> (256,) L2-normalised GE2E d-vector (Resemblyzer: volume normalised, silences trimmed)."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        resemblyzer = _import_offline("resemblyzer", "sv=resemblyzer")
+        self.encoder = resemblyzer.VoiceEncoder(device=str(device), verbose=False)
+        self.preprocess = resemblyzer.preprocess_wav
+        self.identity = f"resemblyzer {version('resemblyzer')} (bundled GE2E d-vector)"
+
+    def __call__(self, audio: torch.Tensor) -> torch.Tensor:
+        wav = self.preprocess(audio.detach().float().cpu().numpy(), source_sr=16000)
+        if len(wav) == 0:  # all silence after trimming: embed the untrimmed audio rather than nothing
+            wav = audio.detach().float().cpu().numpy()
+        return F.normalize(torch.from_numpy(self.encoder.embed_utterance(wav)).float(), dim=-1)

@@ -1,7 +1,8 @@
 """``speech.intelligibility``: can an ASR model still read the reconstruction? WER as F5-TTS measures it.
 
 Whisper (transformers, local path ``asr_model=``, English, beam ``num_beams``) transcribes every reconstruction (and,
-with ``reference_audio=true``, the original too: the ceiling of the same ASR on the same data); references and
+with ``reference_audio=true``, the original too: the ceiling of the same ASR on the same data); ``asr=pocketsphinx``
+swaps in the offline PocketSphinx model for demos and smoke tests (a coarse signal, not Whisper's scale); references and
 hypotheses are normalised as F5-TTS does (punctuation deleted, lowercase), ``jiwer`` gives each utterance's WER and
 the metric is the mean of per-utterance WERs (not a corpus WER), as F5-TTS reports it. Transcripts are written to
 ``OUT/speech.intelligibility/transcripts.jsonl``.
@@ -18,7 +19,7 @@ from unitok.eval.context import EvalContext, Suite, SuiteOutput
 from unitok.eval.extract import extract
 from unitok.eval.metrics.text import utterance_wers
 from unitok.eval.speech_data import collate_speech
-from unitok.eval.speech_models import WhisperTranscriber
+from unitok.eval.speech_models import PocketsphinxTranscriber, WhisperTranscriber
 from unitok.eval.suites.speech_common import (
     reconstruct,
     speech_cache_key,
@@ -37,6 +38,7 @@ class IntelligibilityConfig:
 
     Attributes:
         split: manifest split under ``--data`` (transcripts come from the cuts' supervisions).
+        asr: 'whisper' (the protocol: ``asr_model``) or 'pocketsphinx' (bundled offline model; demos, smoke tests).
         asr_model: local transformers Whisper directory (model + processor files).
         num_beams: beam size (F5-TTS: faster-whisper large-v3, beam 5).
         reference_audio: also transcribe the originals (``wer_original``).
@@ -46,6 +48,7 @@ class IntelligibilityConfig:
     """
 
     split: str = "val"
+    asr: str = "whisper"
     asr_model: str | None = None
     num_beams: int = 5
     reference_audio: bool = True
@@ -54,9 +57,15 @@ class IntelligibilityConfig:
     max_seconds: float | None = None
 
 
-def load_transcriber(cfg: IntelligibilityConfig, device) -> WhisperTranscriber:
-    """The ASR model: ``.transcribe([(T_i,) 16 kHz audio]) -> [text]`` (a seam for tests)."""
-    return WhisperTranscriber(cfg.asr_model, device, num_beams=cfg.num_beams)
+def load_transcriber(cfg: IntelligibilityConfig, device) -> WhisperTranscriber | PocketsphinxTranscriber:
+    """The ASR model: ``.transcribe([(T_i,) 16 kHz audio]) -> [text]`` and ``.identity`` (a seam for tests)."""
+    if cfg.asr == "whisper":
+        return WhisperTranscriber(cfg.asr_model, device, num_beams=cfg.num_beams)
+    if cfg.asr == "pocketsphinx":
+        if cfg.asr_model:
+            raise ValueError("asr=pocketsphinx uses its bundled model: drop asr_model (or set asr=whisper)")
+        return PocketsphinxTranscriber()
+    raise ValueError(f"asr must be 'whisper' or 'pocketsphinx', got {cfg.asr!r}")
 
 
 def check_durations(dataset, max_seconds: float | None, window_seconds: float) -> None:
@@ -98,7 +107,7 @@ def run(ctx: EvalContext, cfg: IntelligibilityConfig) -> SuiteOutput:
         return out
 
     key = speech_cache_key(ctx, data, suite="speech.intelligibility", latent=cfg.latent, seed=cfg.seed,
-                           asr=str(getattr(asr, "path", "custom")), beams=cfg.num_beams,
+                           asr=asr.identity, beams=cfg.num_beams,
                            reference_audio=cfg.reference_audio)  # fmt: skip
     out = extract(ctx, dataset, score, "speech_wer", key, collate_fn=collate_speech, desc="transcribe")
     metrics = {k: torch.nanmean(v.double()).item() for k, v in out.items()}
@@ -110,7 +119,7 @@ def run(ctx: EvalContext, cfg: IntelligibilityConfig) -> SuiteOutput:
     data["empty_references"] = int(torch.isnan(out["wer"]).sum())
     protocol = {
         **asdict(cfg),
-        "asr_model": str(getattr(asr, "path", "custom")),
+        "asr_model": asr.identity,
         "tokenizer": tok.describe(),
         "normalisation": "F5-TTS: punctuation deleted, lowercase",
         "average": "mean of per-utterance WER",

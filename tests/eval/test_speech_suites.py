@@ -3,6 +3,7 @@ and the F5-TTS WER protocol."""
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -183,7 +184,7 @@ def test_intelligibility_suite_averages_per_utterance_wers(svae, cuts_dir, tmp_p
     heard = {}
 
     class FakeASR:
-        window_seconds = 30.0
+        window_seconds, identity = 30.0, "fake"
 
         def transcribe(self, audios):  # the reference text of the utterance of that length, one word lost when short
             texts = []
@@ -324,3 +325,55 @@ def test_tokenizer_refuses_a_model_that_is_not_a_speech_tokenizer():
 
     with pytest.raises(ValueError, match="ImageCodec is not a speech tokenizer .no sample_rate."):
         SpeechTokenizer(ImageCodec())
+
+
+@pytest.fixture(scope="module")
+def espeak_dir(tmp_path_factory):
+    """cuts_val.jsonl.gz of the embedded espeak-ng corpus: 2 held-out sentences x 2 voices."""
+    from unitok.modalities.speech.toy import write_toy_corpus
+
+    root = tmp_path_factory.mktemp("espeak")
+    write_toy_corpus(root, num_train=1, num_val=2, voices=["en-us+f5", "en-us+m1"], progress=False)
+    return root
+
+
+class _Noise(_Identity):
+    """A useless 'tokenizer': white noise of the utterance's length and level, whatever the input."""
+
+    def decode(self, latents, lengths):
+        audio = latents.flatten(1)
+        g = torch.Generator().manual_seed(0)
+        return torch.randn(audio.shape, generator=g) * audio.std(dim=1, keepdim=True)
+
+
+def test_offline_asr_and_speaker_model_tell_a_perfect_from_a_useless_tokenizer(espeak_dir, tmp_path):
+    pytest.importorskip("pocketsphinx")
+    pytest.importorskip("resemblyzer")
+    asr = speech_intelligibility.IntelligibilityConfig(asr="pocketsphinx")
+    perfect = speech_intelligibility.run(_ctx(_Identity(), espeak_dir, tmp_path / "a"), asr)
+    noise = speech_intelligibility.run(_ctx(_Noise(), espeak_dir, tmp_path / "b"), replace(asr, reference_audio=False))
+    assert perfect.metrics["wer"] == perfect.metrics["wer_original"] and "wer_original" not in noise.metrics
+    assert perfect.metrics["wer"] < 0.9 and noise.metrics["wer"] > 0.95  # it hears words in espeak-ng speech
+    assert perfect.details["protocol"]["asr_model"].startswith("pocketsphinx")
+    asr_model = speech_intelligibility.load_transcriber(asr, "cpu")
+    clips = [torch.from_numpy(soundfile.read(f, dtype="float32")[0]) for f in sorted(espeak_dir.rglob("*.wav"))[:2]]
+    assert asr_model.transcribe(clips) == asr_model.transcribe(clips[::-1])[::-1]  # no state between utterances
+
+    sv = speech_speaker_similarity.SpeakerSimilarityConfig(sv="resemblyzer")
+    same = speech_speaker_similarity.run(_ctx(_Identity(), espeak_dir, tmp_path / "c"), sv)
+    lost = speech_speaker_similarity.run(_ctx(_Noise(), espeak_dir, tmp_path / "d"), sv)
+    assert same.metrics["similarity"] == pytest.approx(1.0, abs=1e-5) and lost.metrics["similarity"] < 0.8
+    assert same.details["protocol"]["sv_model"].startswith("resemblyzer")
+
+
+def test_offline_backends_are_chosen_by_name_and_refuse_a_model_path(espeak_dir, tmp_path):
+    ctx = _ctx(_Identity(), espeak_dir, tmp_path)
+    with pytest.raises(ValueError, match="asr must be 'whisper' or 'pocketsphinx', got 'vosk'"):
+        speech_intelligibility.run(ctx, speech_intelligibility.IntelligibilityConfig(asr="vosk"))
+    with pytest.raises(ValueError, match="asr=pocketsphinx uses its bundled model: drop asr_model"):
+        speech_intelligibility.run(ctx, speech_intelligibility.IntelligibilityConfig(asr="pocketsphinx", asr_model="x"))
+    with pytest.raises(ValueError, match="sv must be 'transformers' or 'resemblyzer', got 'ecapa'"):
+        speech_speaker_similarity.run(ctx, speech_speaker_similarity.SpeakerSimilarityConfig(sv="ecapa"))
+    with pytest.raises(ValueError, match="sv=resemblyzer uses its bundled model: drop sv_model"):
+        speech_speaker_similarity.run(ctx, speech_speaker_similarity.SpeakerSimilarityConfig(sv="resemblyzer",
+                                                                                             sv_model="x"))  # fmt: skip
