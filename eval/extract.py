@@ -6,8 +6,8 @@ it is complete, so a killed evaluation restarts where it stopped, and a second e
 checkpoint, data and settings) reads everything back without running the model. After a barrier every rank reads
 all chunks in index order, so reductions are over all samples exactly (never a mean of per-rank means), and the
 result does not depend on the number of ranks or the batch size. A consumer that is data-parallel itself (the
-linear probe's training) asks for ``shard=True`` instead: each rank then reads only its own chunks, the samples
-:func:`rank_samples` lists, and holds about 1/world_size of the outputs.
+linear probe's training, kNN's search of the training set) asks for ``shard=True`` instead: each rank then reads
+only its own chunks, the samples :func:`rank_samples` lists, and holds about 1/world_size of the outputs.
 """
 
 from __future__ import annotations
@@ -59,6 +59,15 @@ def rank_samples(ctx: EvalContext, n: int) -> torch.Tensor:
     """(n_rank,) int64 indices of the samples in this rank's chunks, ascending: the rows of ``extract(shard=True)``."""
     chunks = chunk_ranges(n, ctx.options.chunk_size)
     return torch.tensor([i for k in rank_chunks(ctx, n) for i in chunks[k]], dtype=torch.long)
+
+
+def per_rank(ctx: EvalContext, count: int) -> list[int]:
+    """Every rank's ``count`` (e.g. the samples it holds), in rank order."""
+    if not ctx.dist.enabled:
+        return [count]
+    counts: list[Any] = [None] * ctx.dist.world_size
+    torch.distributed.all_gather_object(counts, count)
+    return counts
 
 
 def _batches_of(ranges: Sequence[range], batch_size: int) -> list[list[int]]:

@@ -1,15 +1,20 @@
 """Classification probes of frozen features: zero-shot (open_clip's classifier builder), linear probe, kNN.
 
 Shape legend:
-    N: samples, D: feature dim, C: classes, E: CLIP embedding width
+    N: samples, n: training samples of one rank (data-parallel kNN), D: feature dim, C: classes,
+    E: CLIP embedding width, Q: queries of one kNN chunk, K: kNN candidates per query
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+
+from unitok.eval.metrics.linear_probe import Shard
 
 
 def zero_shot_classifier(
@@ -83,17 +88,23 @@ def knn_accuracies(
     temperature: float = 0.07,
     query_chunk: int | None = None,
     num_classes: int | None = None,
+    shard: Shard | None = None,
 ) -> dict[int, float]:
     """Top-1 of DINO's weighted kNN for several k at once: cosine similarity, votes ``exp(sim / T)``.
 
     Computed on ``train_x``'s device in chunks of ``query_chunk`` test samples (None: all at once), so only a
     (query_chunk, N_train) similarity block exists at any time; one top-k for the largest k serves every k.
+    Neighbours are ranked by similarity, ties by the lower training index, so the result is deterministic.
 
     Args:
-        train_x, test_x: (N, D) and (M, D) features (normalised here).
+        train_x, test_x: (N, D) and (M, D) features (normalised here); (n, D) training features with ``shard``.
         train_y, test_y: (N,) and (M,) labels.
         ks: neighbour counts (each capped at N).
         num_classes: C (default: the largest label + 1).
+        shard: data-parallel search: ``train_x`` holds the samples ``shard.indices`` (ascending) of the whole
+            training set, and every rank of the default process group calls this with its own shard and the same
+            test samples. Each rank takes its local top-k; the candidates of all ranks are gathered and merged into
+            the global top-k, so every rank gets the single-process result. None: one process, all samples.
 
     Returns:
         k -> top-1 accuracy.
@@ -101,20 +112,82 @@ def knn_accuracies(
     device = train_x.device
     a = F.normalize(train_x.float(), dim=-1)
     train_y = train_y.to(device)
-    num_classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
-    kmax = min(max(ks), a.shape[0])
+    index = torch.arange(len(a), device=device) if shard is None else shard.indices.to(device)
+    if len(index) != len(a) or (index.diff() <= 0).any():
+        raise ValueError(f"the shard must list the {len(a)} training samples held, in ascending order")
+    largest = _largest_label(train_y, test_y, len(test_x), shard is not None)
+    num_classes = num_classes or largest + 1
+    kmax = min(max(ks), len(a) if shard is None else shard.total)
     chunk = query_chunk or max(len(test_x), 1)
     correct = dict.fromkeys(ks, 0)
     for start in range(0, len(test_x), chunk):
         b = F.normalize(test_x[start : start + chunk].to(device).float(), dim=-1)
         y = test_y[start : start + chunk].to(device)
-        sims, idx = (b @ a.T).topk(kmax, dim=1)  # sorted, largest first
-        weights, neighbours = (sims / temperature).exp(), train_y[idx]
+        sims, idx, neighbours = _nearest(b @ a.T, index, train_y, kmax)
+        if shard is not None:
+            sims, idx, neighbours = _ranked(*(_all_gather_cat(t) for t in (sims, idx, neighbours)), kmax)
+        weights = (sims / temperature).exp()
         for k in ks:
             votes = torch.zeros(len(b), num_classes, device=device)
             votes.scatter_add_(1, neighbours[:, :k], weights[:, :k])
             correct[k] += (votes.argmax(dim=1) == y).sum().item()
     return {k: correct[k] / max(len(test_x), 1) for k in ks}
+
+
+def _largest_label(train_y: torch.Tensor, test_y: torch.Tensor, queries: int, distributed: bool) -> int:
+    """The largest label of both sets (of all ranks' training shards); checks that every rank has the same queries."""
+    top = torch.cat([train_y.new_zeros(1), train_y, test_y.to(train_y.device)]).max()
+    if not distributed:
+        return int(top)
+    found = torch.stack([top, top.new_tensor(queries), top.new_tensor(-queries)])
+    dist.all_reduce(found, op=dist.ReduceOp.MAX)
+    if found[1] != queries or -found[2] != queries:
+        raise ValueError(f"every rank needs the same test samples, but they hold {-found[2]} to {found[1]}")
+    return int(found[0])
+
+
+def _nearest(
+    sims: torch.Tensor, index: torch.Tensor, labels: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(Q, n) similarities to the samples ``index`` (n,) ascending, labels (n,) -> the (Q, k) best of them.
+
+    Returns their similarities, indices and labels, ranked by :func:`_ranked`. Of samples tied with the k-th
+    similarity the lowest indices are kept. With n < k, the missing candidates have similarity -inf.
+    """
+    q, n = sims.shape
+    vals, pos = sims.topk(min(k, n), dim=1)
+    if n > k > 0:
+        kth = vals[:, -1:]
+        rows = ((sims >= kth).sum(1) > k).nonzero().squeeze(1)  # ties across the k-th place: topk picks any of them
+        if len(rows):
+            sub, t = sims[rows], kth[rows]
+            above, tied = sub > t, sub == t
+            keep = above | (tied & (tied.cumsum(1) <= k - above.sum(1, keepdim=True)))
+            pos[rows] = keep.nonzero()[:, 1].view(len(rows), k)  # k per row, in index order
+            vals[rows] = sub.gather(1, pos[rows])
+    idx, lab = index[pos], labels[pos]
+    if n < k:
+        vals = torch.cat([vals, vals.new_full((q, k - n), -math.inf)], 1)
+        idx = torch.cat([idx, idx.new_full((q, k - n), torch.iinfo(torch.long).max)], 1)
+        lab = torch.cat([lab, lab.new_zeros(q, k - n)], 1)
+    return _ranked(vals, idx, lab, k)
+
+
+def _ranked(
+    sims: torch.Tensor, index: torch.Tensor, labels: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first k of (Q, K) candidates ordered by similarity, largest first, then by index: (Q, k) each."""
+    order = index.argsort(dim=1)
+    sims, index, labels = (t.gather(1, order) for t in (sims, index, labels))
+    order = sims.argsort(dim=1, descending=True, stable=True)[:, :k]
+    return sims.gather(1, order), index.gather(1, order), labels.gather(1, order)
+
+
+def _all_gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """(Q, K) on every rank -> (Q, world · K): the ranks' tensors side by side, in rank order."""
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts, dim=1)
 
 
 def knn_accuracy(

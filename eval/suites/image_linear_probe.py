@@ -44,10 +44,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
-
 from unitok.eval.context import EvalContext, Suite, SuiteOutput
-from unitok.eval.extract import rank_samples
+from unitok.eval.extract import per_rank, rank_samples
 from unitok.eval.metrics.linear_probe import DEFAULT_LRS, ProbeResult, ProbeTraining, Shard, train_linear_probes
 from unitok.eval.suites.image_features import BlockFeatures, check_cache_dtype, split_features
 
@@ -121,15 +119,6 @@ def _training_features(
     return (lambda epoch: view_features(views[epoch % len(views)])), data
 
 
-def _per_rank(ctx: EvalContext, count: int) -> list[int]:
-    """Every rank's ``count``, in rank order."""
-    if not ctx.dist.enabled:
-        return [count]
-    counts: list[Any] = [None] * ctx.dist.world_size
-    torch.distributed.all_gather_object(counts, count)
-    return counts
-
-
 def _summary(result: ProbeResult) -> dict[str, float]:
     top1, head, epoch = result.best()
     group, lr = result.heads[head]
@@ -153,7 +142,7 @@ def run(ctx: EvalContext, cfg: LinearProbeConfig) -> SuiteOutput:
             f"{val_data['num_samples']} {cfg.eval_split} samples, {val_data['num_classes']} classes")  # fmt: skip
     n_train = train_data["num_samples"]
     shard = Shard(rank_samples(ctx, n_train), n_train) if ctx.dist.enabled else None
-    held = {"train": _per_rank(ctx, len(train(0).labels)), "eval": _per_rank(ctx, len(val.labels))}
+    held = {"train": per_rank(ctx, len(train(0).labels)), "eval": per_rank(ctx, len(val.labels))}
     result = train_linear_probes(train, val.to(ctx.device), dims, val_data["num_classes"], training, shard=shard,
                                  progress=ctx.options.progress and ctx.dist.is_main, log=ctx.log)  # fmt: skip
     protocol = {

@@ -60,14 +60,15 @@ def test_torchrun_two_ranks_give_the_single_process_metrics(toy_folder, tiny_vtp
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     probe = [f"image.linear_probe.{k}" for k in ("resize=32", "crop=32", "n_last_blocks_list=[1,2]", "batch_size=16",
                                                   "epochs=3", "train_views=2")]  # fmt: skip
-    args = ["image.zeroshot,image.latent_stats,image.linear_probe", "--ckpt", str(tiny_vtp_dir), "--data",
+    knn = [f"image.knn.{k}" for k in ("resize=32", "crop=32", "cache_blocks=2", "ks=[1,5,30]", "query_chunk=7")]
+    args = ["image.zeroshot,image.latent_stats,image.linear_probe,image.knn", "--ckpt", str(tiny_vtp_dir), "--data",
             str(toy_folder), "--workers", "0", "--no-progress", "--batch-size", "5", "--chunk-size", "4",
-            *probe]  # fmt: skip
+            *probe, *knn]  # fmt: skip
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     subprocess.run([*torchrun, "-m", "unitok.eval.cli", *args, "--out", str(tmp_path / "ddp")], check=True, env=env,
                    capture_output=True, timeout=180)  # fmt: skip
     assert main([*args, "--out", str(tmp_path / "one"), "--batch-size", "8", "--chunk-size", "10"]) == 0
-    for suite in ("image.zeroshot", "image.latent_stats", "image.linear_probe"):
+    for suite in ("image.zeroshot", "image.latent_stats", "image.linear_probe", "image.knn"):
         ddp = json.loads((tmp_path / "ddp" / f"{suite}.json").read_text())
         one = json.loads((tmp_path / "one" / f"{suite}.json").read_text())
         assert ddp["provenance"]["world_size"] == 2
@@ -82,3 +83,8 @@ def test_torchrun_two_ranks_give_the_single_process_metrics(toy_folder, tiny_vtp
     for head, accs in one["heads"].items():
         assert ddp["heads"][head] == pytest.approx(accs, abs=1e-5), head
     assert len({tuple(v) for v in one["heads"].values()}) > 1  # the heads differ: the comparison is not vacuous
+    # kNN searches data-parallel: each rank held half the training features, fewer than the 30 neighbours asked for
+    ddp, one = (json.loads((tmp_path / run / "image.knn.json").read_text()) for run in ("ddp", "one"))
+    assert ddp["details"]["samples_per_rank"] == {"train": [24, 24]} and one["details"]["samples_per_rank"] == {
+        "train": [48]}  # fmt: skip
+    assert len(set(one["metrics"].values())) > 1  # k matters: the comparison is not vacuous

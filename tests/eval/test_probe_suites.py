@@ -199,6 +199,84 @@ def test_knn_chunked_equals_unchunked():
     assert len(set(whole.values())) > 1 and whole[5] > 0.5  # k matters, and the label signal is found
 
 
+def _knn_reference(train, train_y, test, test_y, ks, temperature=0.07):
+    """The definition: rank every training sample (similarity descending, ties by index: a stable sort), vote."""
+    sims = F.normalize(test.float(), dim=-1) @ F.normalize(train.float(), dim=-1).T
+    order = sims.argsort(dim=1, descending=True, stable=True)
+    out = {}
+    for k in ks:
+        top = order[:, :k]
+        votes = torch.zeros(len(test), int(max(train_y.max(), test_y.max())) + 1)
+        votes.scatter_add_(1, train_y[top], (sims.gather(1, top) / temperature).exp())
+        out[k] = (votes.argmax(1) == test_y).sum().item() / len(test)
+    return out
+
+
+def _tied_problem():
+    """40 training samples, half of them basis vectors (x 1, 2 or 4), and 40 queries, some of which tie exactly:
+    basis vectors and diagonals e_i + e_j. Labels: the largest of the first 4 coordinates, 40% of training labels
+    changed (so that tied duplicates disagree)."""
+    g = torch.Generator().manual_seed(5)
+    eye = torch.eye(6)
+    basis = eye[torch.randint(0, 3, (20,), generator=g)] * 2.0 ** torch.randint(0, 3, (20, 1), generator=g)
+    train = torch.cat([torch.randn(20, 6, generator=g), basis])[torch.randperm(40, generator=g)]
+    flip = (torch.rand(40, generator=g) < 0.4) * torch.randint(1, 4, (40,), generator=g)
+    test = torch.cat([torch.randn(35, 6, generator=g), eye[:3], eye[[0]] + eye[[1]], eye[[1]] + eye[[2]]])
+    return train, (train[:, :4].argmax(1) + flip) % 4, test, test[:, :4].argmax(1)
+
+
+#: rank 0's and rank 1's training samples: chunks of 6 dealt round robin (as extraction does; both ranks hold
+#: fewer than the 30 neighbours asked for), a rank with 3 samples, a rank with none
+KNN_LAYOUTS = {
+    "chunks": [i for i in range(40) if i // 6 % 2 == 0],
+    "three": [i for i in range(40) if i not in (4, 17, 30)],
+    "none": list(range(40)),
+}
+KNN_KS = [1, 3, 5, 15, 30]
+KNN_TEMPERATURES = [0.07, 1.0]  # at T = 1 far neighbours weigh as much as near ones
+
+
+def test_knn_ties_go_to_the_lower_training_index():
+    e0, e1 = torch.eye(2)
+    train, query = torch.stack([e1, e0, 3 * e0, e0]), e0[None]
+    assert knn_accuracies(train, torch.tensor([0, 1, 0, 0]), query, torch.tensor([1]), ks=[1]) == {1: 1.0}
+    assert knn_accuracies(train, torch.tensor([1, 0, 1, 1]), query, torch.tensor([1]), ks=[1]) == {1: 0.0}
+    # ties across the k-th place (topk alone picks any of them): every k agrees with a stable sort of all samples
+    train, train_y, test, test_y = _tied_problem()
+    ks = [1, 2, 3, 5, 8, 13, 40]
+    for t in KNN_TEMPERATURES:
+        got = knn_accuracies(train, train_y, test, test_y, ks=ks, temperature=t, query_chunk=4)
+        assert got == _knn_reference(train, train_y, test, test_y, ks, t)
+        assert got != knn_accuracies(train.flip(0), train_y.flip(0), test, test_y, ks=ks, temperature=t)  # ties matter
+
+
+def _sharded_knn_worker(rank, world, init_file, out):
+    init_gloo(rank, world, init_file)
+    train, train_y, test, test_y = _tied_problem()
+    got = {}
+    for name, first in KNN_LAYOUTS.items():
+        mine = torch.tensor(first if rank == 0 else sorted(set(range(40)) - set(first)), dtype=torch.long)
+        got[name] = len(mine), [
+            knn_accuracies(train[mine], train_y[mine], test, test_y, ks=KNN_KS, temperature=t, query_chunk=4,
+                           num_classes=4, shard=Shard(mine, 40))
+            for t in KNN_TEMPERATURES
+        ]  # fmt: skip
+    torch.save(got, Path(out) / f"rank{rank}.pt")
+
+
+def test_data_parallel_knn_finds_the_single_process_neighbours(tmp_path):
+    train, train_y, test, test_y = _tied_problem()
+    single = [knn_accuracies(train, train_y, test, test_y, ks=KNN_KS, temperature=t) for t in KNN_TEMPERATURES]
+    assert all(len(set(acc.values())) > 2 for acc in single)  # k matters
+    run_distributed(_sharded_knn_worker, 2, str(tmp_path), timeout_s=120)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert {name: [r[name][0] for r in ranks] for name in KNN_LAYOUTS} == {
+        "chunks": [22, 18], "three": [37, 3], "none": [40, 0]}  # fmt: skip
+    for name in KNN_LAYOUTS:
+        for r in ranks:
+            assert r[name][1] == single, name
+
+
 # ----------------------------------------------------------------------------------------------- suites
 def test_linear_probe_suite_end_to_end_and_cached_rerun(ckpt, tree, tmp_path, monkeypatch):
     cfg = image_linear_probe.LinearProbeConfig(**SMALL, epochs=2, batch_size=32)
