@@ -22,8 +22,9 @@ from typing import Any
 
 import torch
 
+from unitok.engine import stage2
 from unitok.engine.optim import OptimConfig
-from unitok.engine.stage2 import PartlyTrainable, check_same_architecture, stage1_state_dict
+from unitok.engine.stage2 import PartlyTrainable
 from unitok.engine.task import Task
 from unitok.losses.adversarial import AdversarialConfig, AdversarialLoss
 from unitok.losses.compose import LossComposer
@@ -61,18 +62,14 @@ class VTPGANTaskConfig:
 def load_stage1(model: VTPModel, init_from: str) -> str:
     """Load the stage-1 weights into ``model`` (strict: same configuration, keys and shapes); returns the source."""
     from unitok.modalities.image.vtp_config import VTPConfig
-    from unitok.models.pretrained import load_state_dict_strict, read_config, read_weights
+    from unitok.models.pretrained import read_config
 
-    if not init_from:
-        raise ValueError("task.params.init_from is required: the stage-1 run directory (e.g. runs/image_tiny)")
-    sd, source = stage1_state_dict(init_from, what="VTP")
-    if sd is None:
-        saved = dataclasses.asdict(VTPConfig.from_dict(read_config(source)))
-        check_same_architecture(saved, dataclasses.asdict(model.config), source)
-        model.load_official_state_dict(read_weights(source), source=f"{source}/model.safetensors")
-    else:
-        load_state_dict_strict(model, sd, source)
-    return source
+    return stage2.load_stage1(
+        model, init_from, what="VTP", example="runs/image_tiny",
+        saved_config=lambda source: dataclasses.asdict(VTPConfig.from_dict(read_config(source))),
+        wanted_config=dataclasses.asdict(model.config),
+        load_pretrained=lambda sd, source: model.load_official_state_dict(sd, source=source),
+    )  # fmt: skip
 
 
 class PixelDecoderStudent(PartlyTrainable):

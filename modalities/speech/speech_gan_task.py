@@ -24,9 +24,10 @@ from typing import Any
 import torch
 
 from unitok.config import build_config, to_dict
+from unitok.engine import stage2
 from unitok.engine.distributed import all_reduce_mean
 from unitok.engine.optim import OptimConfig
-from unitok.engine.stage2 import PartlyTrainable, check_same_architecture, stage1_state_dict
+from unitok.engine.stage2 import PartlyTrainable
 from unitok.engine.task import Task
 from unitok.losses.adversarial import (
     AdversarialConfig,
@@ -87,20 +88,16 @@ class SpeechGANTaskConfig:
 
 def load_stage1(model: SpeechTokenizerModel, init_from: str) -> str:
     """Load the stage-1 weights into ``model`` (strict: same configuration, keys and shapes); returns the source."""
-    from unitok.models.pretrained import load_state_dict_strict, read_config, read_weights
+    from unitok.models.pretrained import read_config
 
-    if not init_from:
-        raise ValueError("task.params.init_from is required: the stage-1 run directory (e.g. runs/speech_tiny)")
-    sd, source = stage1_state_dict(init_from, what="speech tokenizer")
-    if sd is None:
+    def saved_config(source: str) -> dict:
         raw = read_config(source)
         if raw.get("model_type") != SpeechTokenizerModel.model_type:
             raise ValueError(f"{source} holds a {raw.get('model_type')!r} model, not a unitok speech tokenizer")
-        saved = to_dict(build_config(SpeechTokenizerConfig, raw["config"]))
-        check_same_architecture(saved, to_dict(model.config), source)
-        sd, source = read_weights(source), f"{source}/model.safetensors"
-    load_state_dict_strict(model, sd, source)
-    return source
+        return to_dict(build_config(SpeechTokenizerConfig, raw["config"]))
+
+    return stage2.load_stage1(model, init_from, what="speech tokenizer", example="runs/speech_tiny",
+                              saved_config=saved_config, wanted_config=to_dict(model.config))  # fmt: skip
 
 
 class SpeechDecoderStudent(PartlyTrainable):

@@ -8,7 +8,7 @@ with a GAN while the latent space stays fixed); the rest is frozen and kept in e
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -77,3 +77,37 @@ def check_same_architecture(saved: dict, wanted: dict, source: str) -> None:
     diff = [f"{k}: {saved.get(k)!r} there, {wanted[k]!r} in the recipe" for k in wanted if saved.get(k) != wanted[k]]
     if diff:
         raise ValueError(f"{source} is a different architecture from the recipe's model ({'; '.join(diff)})")
+
+
+def load_stage1(
+    model: nn.Module,
+    init_from: str,
+    *,
+    what: str,
+    example: str,
+    saved_config: Callable[[str], dict],
+    wanted_config: dict,
+    load_pretrained: Callable[[dict[str, torch.Tensor], str], None] | None = None,
+) -> str:
+    """Load the stage-1 weights ``init_from`` points at into ``model`` (strict); returns where they came from.
+
+    Args:
+        what: the model's name in error messages; example: a run directory for the message of a missing init_from.
+        saved_config: pretrained directory -> its configuration, comparable field by field with ``wanted_config``
+            (raises when the directory holds another kind of model).
+        load_pretrained: ``(state dict, source)`` loader of a pretrained directory's weights (default: the strict
+            ``load_state_dict`` that checkpoints use).
+    """
+    from unitok.models.pretrained import load_state_dict_strict, read_weights
+
+    if not init_from:
+        raise ValueError(f"task.params.init_from is required: the stage-1 run directory (e.g. {example})")
+    sd, source = stage1_state_dict(init_from, what=what)
+    if sd is None:
+        check_same_architecture(saved_config(source), wanted_config, source)
+        sd, source = read_weights(source), f"{source}/model.safetensors"
+        if load_pretrained is not None:
+            load_pretrained(sd, source)
+            return source
+    load_state_dict_strict(model, sd, source)
+    return source
