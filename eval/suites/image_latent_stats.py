@@ -23,7 +23,7 @@ from unitok.eval.context import EvalContext, Suite, SuiteOutput
 from unitok.eval.extract import extract
 from unitok.eval.image_data import adm_transform
 from unitok.eval.suites.image_common import cache_key, fixed_subset, image_tokenizer, split_dataset
-from unitok.latent_stats import LATENT_STATS_FILE, LatentStatsAccumulator, save_to_checkpoint
+from unitok.latent_stats import LATENT_STATS_FILE, LatentStats, LatentStatsAccumulator, save_to_checkpoint
 
 
 @dataclass
@@ -83,18 +83,30 @@ def run(ctx: EvalContext, cfg: LatentStatsConfig) -> SuiteOutput:
     bf16 = cfg.bf16 and ctx.bf16
     key = cache_key(ctx, data, suite="image.latent_stats", image_size=size, seed=cfg.seed, bf16_encode=bf16)
     out = extract(ctx, dataset, moments, "latent_stats", key, desc=f"latents {cfg.split}")
-    acc = LatentStatsAccumulator(tok.latent_dim).add_moments(out["count"], out["mean"], out["m2"])
-    stats = acc.compute(cfg.multiplier)
+    stats, artifacts = publish_latent_stats(ctx, out, tok.latent_dim, cfg.multiplier,
+                                            target if cfg.store_in_checkpoint else None)  # fmt: skip
+    metrics = stats_metrics(stats)
+    protocol = {**asdict(cfg), "image_size": size, "crop": "adm_center_crop", "latent_channels": tok.latent_dim}
+    return SuiteOutput(metrics, data, artifacts, details={"protocol": protocol, "stats": stats.to_dict()})
+
+
+def publish_latent_stats(
+    ctx: EvalContext, moments: dict[str, torch.Tensor], channels: int, multiplier: float, target: Path | None
+) -> tuple[LatentStats, dict[str, str]]:
+    """Per-channel statistics from per-sample moments (``count``, ``mean``, ``m2``: (N, C)), written by the main rank
+    to ``OUT/latents_stats.pt`` and, with a ``target`` pretrained directory, beside its weights.
+
+    Returns (statistics, artifacts of the suite's result).
+    """
+    acc = LatentStatsAccumulator(channels).add_moments(moments["count"], moments["mean"], moments["m2"])
+    stats = acc.compute(multiplier)
     artifacts = {}
     if ctx.dist.is_main:
         stats.save(ctx.out_dir / LATENT_STATS_FILE)
         artifacts["latents_stats"] = LATENT_STATS_FILE
-        if cfg.store_in_checkpoint:
-            written = save_to_checkpoint(target, stats)
-            ctx.log(f"stored the latent statistics in {written}")
-    metrics = stats_metrics(stats)
-    protocol = {**asdict(cfg), "image_size": size, "crop": "adm_center_crop", "latent_channels": tok.latent_dim}
-    return SuiteOutput(metrics, data, artifacts, details={"protocol": protocol, "stats": stats.to_dict()})
+        if target is not None:
+            ctx.log(f"stored the latent statistics in {save_to_checkpoint(target, stats)}")
+    return stats, artifacts
 
 
 def stats_metrics(stats) -> dict[str, float]:

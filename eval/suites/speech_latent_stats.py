@@ -18,9 +18,8 @@ import torch
 from unitok.eval.context import EvalContext, Suite, SuiteOutput
 from unitok.eval.extract import extract
 from unitok.eval.speech_data import collate_speech
-from unitok.eval.suites.image_latent_stats import checkpoint_dir, stats_metrics
+from unitok.eval.suites.image_latent_stats import checkpoint_dir, publish_latent_stats, stats_metrics
 from unitok.eval.suites.speech_common import speech_cache_key, speech_tokenizer, utterances
-from unitok.latent_stats import LATENT_STATS_FILE, LatentStatsAccumulator, save_to_checkpoint
 
 
 @dataclass
@@ -63,14 +62,7 @@ def run(ctx: EvalContext, cfg: SpeechLatentStatsConfig) -> SuiteOutput:
 
     key = speech_cache_key(ctx, data, suite="speech.latent_stats", latent=cfg.latent, seed=cfg.seed)
     out = extract(ctx, dataset, moments, "speech_latent_stats", key, collate_fn=collate_speech, desc="latents")
-    stats = LatentStatsAccumulator(tok.latent_dim).add_moments(out["count"], out["mean"], out["m2"])
-    stats = stats.compute(cfg.multiplier)
-    artifacts = {}
-    if ctx.dist.is_main:
-        stats.save(ctx.out_dir / LATENT_STATS_FILE)
-        artifacts["latents_stats"] = LATENT_STATS_FILE
-        if target is not None:
-            ctx.log(f"stored the latent statistics in {save_to_checkpoint(target, stats)}")
+    stats, artifacts = publish_latent_stats(ctx, out, tok.latent_dim, cfg.multiplier, target)
     data["latent_frames"] = int(out["count"][:, 0].sum().item())
     protocol = {**asdict(cfg), "tokenizer": tok.describe()}
     return SuiteOutput(stats_metrics(stats), data, artifacts, details={"protocol": protocol, "stats": stats.to_dict()})
