@@ -2,7 +2,8 @@
 
 Accepted ``--ckpt`` values:
     * a pretrained directory (``config.json`` + ``model.safetensors``): a released VTP checkpoint or anything written
-      by ``save_pretrained``, loaded by :func:`unitok.load_pretrained`;
+      by ``save_pretrained``, loaded by :func:`unitok.load_pretrained`; also a released layout recognised by a marker
+      file (``unitok.registry.LAYOUT_MARKERS``: a Semantic-VAE folder with ``metainfo.json`` + ``dac/*.pth``);
     * a ``unitok-train`` run directory: its exported ``model/`` when present, else its latest train checkpoint;
     * a train-state file ``RUN/checkpoints/step_XXXXXXXX.pt`` (or ``latest``): the model is rebuilt from the run's
       ``config.yaml`` and given the exported weights (the EMA when the run kept one), exactly what the run would
@@ -59,6 +60,25 @@ def _file_identity(path: Path) -> dict[str, Any]:
     return {"file": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def _is_pretrained_dir(path: Path) -> bool:
+    """Whether ``unitok.load_pretrained`` reads ``path``: a config.json, or the marker file of a released layout."""
+    from unitok.registry import LAYOUT_MARKERS
+
+    return path.is_dir() and any((path / name).is_file() for name in ("config.json", *LAYOUT_MARKERS))
+
+
+def _weights_file(path: Path) -> Path:
+    """The weights file ``unitok.load_pretrained`` reads in a pretrained directory.
+
+    ``model.safetensors``, or in a released Semantic-VAE folder its EMA weights when present, else its online ones.
+    """
+    if (path / "metainfo.json").is_file():
+        from unitok.modalities.speech.semantic_vae_io import EMA_WEIGHTS, ONLINE_WEIGHTS
+
+        return path / EMA_WEIGHTS if (path / EMA_WEIGHTS).is_file() else path / ONLINE_WEIGHTS
+    return path / "model.safetensors"
+
+
 def _run_adapter_params(run_dir: Path) -> tuple[dict[str, Any], Any]:
     """(task adapter params, RunConfig) of a run directory, or ({}, None) when it has no config.yaml."""
     if not (run_dir / RUN_CONFIG).is_file():
@@ -76,7 +96,7 @@ def _from_pretrained_dir(path: Path, kind: str, name: str) -> LoadedCheckpoint:
     model = unitok.load_pretrained(path).eval()
     run_dir = path.parent if path.name == "model" else path  # a run's exported model/ sits beside config.yaml
     params, _ = _run_adapter_params(run_dir)
-    return LoadedCheckpoint(model, str(path), kind, name, params, _file_identity(path / "model.safetensors"))
+    return LoadedCheckpoint(model, str(path), kind, name, params, _file_identity(_weights_file(path)))
 
 
 def _exported_weights(ckpt: dict[str, Any], qualified_name: str) -> dict[str, torch.Tensor]:
@@ -117,14 +137,14 @@ def load_checkpoint_for_eval(path: str | os.PathLike) -> LoadedCheckpoint:
     p = Path(path).expanduser()
     if not p.exists():
         raise FileNotFoundError(
-            f"checkpoint {str(p)!r} does not exist: pass a pretrained directory (config.json + model.safetensors), "
-            "a unitok-train run directory or one of its checkpoints/step_*.pt files"
+            f"checkpoint {str(p)!r} does not exist: pass a pretrained directory (config.json + model.safetensors, or "
+            "a released Semantic-VAE folder), a unitok-train run directory or one of its checkpoints/step_*.pt files"
         )
     if p.is_file() and p.name in ("config.json", "model.safetensors"):
         p = p.parent
-    if p.is_dir() and (p / "config.json").is_file():
+    if _is_pretrained_dir(p):
         return _from_pretrained_dir(p, "pretrained_dir", p.name if p.name != "model" else p.parent.name)
-    if p.is_dir() and (p / "model" / "config.json").is_file():
+    if _is_pretrained_dir(p / "model"):
         return _from_pretrained_dir(p / "model", "run_dir", p.name)
     if p.is_dir() and (p / "checkpoints").is_dir():
         from unitok.engine.checkpoint import latest_checkpoint

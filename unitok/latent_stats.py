@@ -276,8 +276,12 @@ class LatentStatsAccumulator:
         return LatentStats(self.mean.clone(), self.std(), multiplier)
 
 
-def save_to_checkpoint(ckpt_dir: str | os.PathLike, stats: LatentStats) -> Path:
-    """Write ``ckpt_dir/latents_stats.pt`` into an existing pretrained directory."""
+def checkpoint_target(ckpt_dir: str | os.PathLike) -> Path:
+    """The pretrained directory :func:`save_to_checkpoint` would write into, checked to hold its config + weights.
+
+    Raises:
+        FileNotFoundError: naming the missing files, when the directory cannot take ``latents_stats.pt``.
+    """
     from unitok.models.pretrained import CONFIG_NAME, WEIGHTS_NAME, resolve_dir
 
     d = resolve_dir(ckpt_dir)
@@ -287,7 +291,12 @@ def save_to_checkpoint(ckpt_dir: str | os.PathLike, stats: LatentStats) -> Path:
             f"{d} is not a pretrained directory (missing {', '.join(missing)}); latent statistics are stored beside "
             f"{CONFIG_NAME} and {WEIGHTS_NAME}"
         )
-    return stats.save(d / LATENT_STATS_FILE)
+    return d
+
+
+def save_to_checkpoint(ckpt_dir: str | os.PathLike, stats: LatentStats) -> Path:
+    """Write ``ckpt_dir/latents_stats.pt`` into an existing pretrained directory."""
+    return stats.save(checkpoint_target(ckpt_dir) / LATENT_STATS_FILE)
 
 
 def load_from_checkpoint(ckpt_dir: str | os.PathLike, multiplier: float = 1.0) -> LatentStats | None:

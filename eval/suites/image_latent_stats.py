@@ -23,7 +23,13 @@ from unitok.eval.context import EvalContext, Suite, SuiteOutput
 from unitok.eval.extract import extract
 from unitok.eval.image_data import adm_transform
 from unitok.eval.suites.image_common import cache_key, fixed_subset, image_tokenizer, split_dataset
-from unitok.latent_stats import LATENT_STATS_FILE, LatentStats, LatentStatsAccumulator, save_to_checkpoint
+from unitok.latent_stats import (
+    LATENT_STATS_FILE,
+    LatentStats,
+    LatentStatsAccumulator,
+    checkpoint_target,
+    save_to_checkpoint,
+)
 
 
 @dataclass
@@ -50,14 +56,18 @@ class LatentStatsConfig:
 
 
 def checkpoint_dir(ctx: EvalContext) -> Path:
-    """The pretrained directory of the evaluated checkpoint, where ``store_in_checkpoint`` writes the statistics."""
+    """The pretrained directory of the evaluated checkpoint, where ``store_in_checkpoint`` writes the statistics.
+
+    Raises before any work when the checkpoint cannot take them (a train-state file, a released layout without
+    ``config.json`` + ``model.safetensors``).
+    """
     if ctx.ckpt.kind == "train_state":
         raise ValueError(
             "store_in_checkpoint=true needs a pretrained directory (or a run with an exported model/), "
             f"not the train-state file {ctx.ckpt.path}"
         )
     path = Path(ctx.ckpt.path)
-    return path / "model" if (path / "model" / "config.json").is_file() else path
+    return checkpoint_target(path / "model" if (path / "model" / "config.json").is_file() else path)
 
 
 def run(ctx: EvalContext, cfg: LatentStatsConfig) -> SuiteOutput:

@@ -377,3 +377,25 @@ def test_offline_backends_are_chosen_by_name_and_refuse_a_model_path(espeak_dir,
     with pytest.raises(ValueError, match="sv=resemblyzer uses its bundled model: drop sv_model"):
         speech_speaker_similarity.run(ctx, speech_speaker_similarity.SpeakerSimilarityConfig(sv="resemblyzer",
                                                                                              sv_model="x"))  # fmt: skip
+
+
+def test_released_semantic_vae_folder_is_evaluated_and_refuses_to_store_statistics(svae, tmp_path):
+    from unitok.eval.checkpoints import load_checkpoint_for_eval
+
+    released = tmp_path / "released"  # metainfo.json + dac/weights.pth (online weights), no config.json
+    (released / "dac").mkdir(parents=True)
+    (released / "metainfo.json").write_text(json.dumps({k: v for k, v in svae.config.to_dict().items()
+                                                          if k != "model_type"}))  # fmt: skip
+    torch.save(svae.state_dict(), released / "dac" / "weights.pth")
+    ckpt = load_checkpoint_for_eval(released)
+    assert ckpt.kind == "pretrained_dir" and ckpt.name == "released"
+    assert ckpt.identity["file"] == str((released / "dac" / "weights.pth").resolve())
+    assert all(torch.equal(v, svae.state_dict()[k]) for k, v in ckpt.model.state_dict().items())
+    ema = {f"ema_model.{k}": v + 1 for k, v in svae.state_dict().items()}
+    torch.save(ema, released / "dac" / "ema_state_dict.pth")  # the EMA weights are read when present
+    with_ema = load_checkpoint_for_eval(released)
+    assert with_ema.identity["file"] == str((released / "dac" / "ema_state_dict.pth").resolve())
+    ctx = EvalContext(ckpt, str(tmp_path / "no_data"), tmp_path / "out", EvalOptions(progress=False))
+    cfg = speech_latent_stats.SpeechLatentStatsConfig(split="val", store_in_checkpoint=True)
+    with pytest.raises(FileNotFoundError, match="not a pretrained directory.*missing config.json, model.safetensors"):
+        speech_latent_stats.run(ctx, cfg)  # before reading any data
