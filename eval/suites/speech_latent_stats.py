@@ -32,6 +32,7 @@ class SpeechLatentStatsConfig:
         seed: seed of the sampling noise.
         max_seconds: truncate longer utterances (None: whole).
         multiplier: recorded with the statistics (never stored in the file).
+        bf16: encode under bf16 autocast (``unitok-extract`` encodes in fp32).
         store_in_checkpoint: also write ``latents_stats.pt`` into the checkpoint's pretrained directory.
     """
 
@@ -40,6 +41,7 @@ class SpeechLatentStatsConfig:
     seed: int = 0
     max_seconds: float | None = None
     multiplier: float = 1.0
+    bf16: bool = False
     store_in_checkpoint: bool = False
 
 
@@ -52,7 +54,7 @@ def run(ctx: EvalContext, cfg: SpeechLatentStatsConfig) -> SuiteOutput:
 
     def moments(batch):
         audio, lengths = batch["audio"].to(ctx.device), batch["audio_lens"].to(ctx.device)
-        with ctx.autocast():
+        with ctx.autocast(enabled=cfg.bf16):
             out = tok.encode(audio, lengths, batch["index"].tolist(), cfg.seed)
         z, frames = out[cfg.latent].double(), out["frames"]
         valid = (torch.arange(z.shape[1], device=z.device)[None] < frames[:, None])[..., None]
@@ -60,7 +62,8 @@ def run(ctx: EvalContext, cfg: SpeechLatentStatsConfig) -> SuiteOutput:
         mean = (z * valid).sum(1) / count
         return {"count": count, "mean": mean, "m2": (((z - mean[:, None]) * valid) ** 2).sum(1)}
 
-    key = speech_cache_key(ctx, data, suite="speech.latent_stats", latent=cfg.latent, seed=cfg.seed)
+    key = speech_cache_key(ctx, data, suite="speech.latent_stats", latent=cfg.latent, seed=cfg.seed,
+                           bf16_encode=cfg.bf16 and ctx.bf16)  # fmt: skip
     out = extract(ctx, dataset, moments, "speech_latent_stats", key, collate_fn=collate_speech, desc="latents")
     stats, artifacts = publish_latent_stats(ctx, out, tok.latent_dim, cfg.multiplier, target)
     data["latent_frames"] = int(out["count"][:, 0].sum().item())

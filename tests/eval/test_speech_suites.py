@@ -130,7 +130,7 @@ def test_latent_stats_suite_equals_the_statistics_of_the_valid_frames(svae, cuts
     from unitok.eval.speech_data import SpeechCuts
 
     cfg = speech_latent_stats.SpeechLatentStatsConfig(split="val", latent="z", seed=3)
-    out = speech_latent_stats.run(_ctx(svae, cuts_dir, tmp_path), cfg)
+    out = speech_latent_stats.run(_ctx(svae, cuts_dir, tmp_path, precision="bf16"), cfg)  # encodes in fp32 still
     ds = SpeechCuts(cuts_dir / "cuts_val.jsonl.gz", SR)
     frames = []
     for i in range(len(ds)):
@@ -142,6 +142,8 @@ def test_latent_stats_suite_equals_the_statistics_of_the_valid_frames(svae, cuts
     assert torch.allclose(saved.mean.flatten().double(), flat.mean(0), atol=1e-6)
     assert torch.allclose(saved.std.flatten().double(), flat.std(0), rtol=1e-5)
     assert out.data["latent_frames"] == flat.shape[0]
+    speech_latent_stats.run(_ctx(svae, cuts_dir, tmp_path / "bf16", precision="bf16"), replace(cfg, bf16=True))
+    assert not torch.equal(LatentStats.load(tmp_path / "bf16" / "latents_stats.pt").mean, saved.mean)
 
 
 def _tiny_sv_model(path: Path) -> Path:
