@@ -63,10 +63,10 @@ def _pesq_fn(enabled: bool, sample_rate: int):
 
 
 def _metric_fns(cfg: SpeechReconstructionConfig, sample_rate: int):
-    from unitok.modalities.speech.losses import MelSpectrogramLoss
+    from unitok.modalities.speech.losses import MelLossConfig, MelSpectrogramLoss
     from unitok.modalities.speech.perceptual import multi_resolution_stft_loss, si_sdr_per_clip
 
-    mel = MelSpectrogramLoss()
+    mel = MelSpectrogramLoss(MelLossConfig(sample_rate=sample_rate))  # mel filters at the model's rate
     stft = multi_resolution_stft_loss(cfg.stft_fft_sizes, w_sc=1.0, w_log_mag=1.0, sample_rate=sample_rate)
     return mel, stft, si_sdr_per_clip, _pesq_fn(cfg.pesq, sample_rate)
 

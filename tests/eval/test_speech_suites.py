@@ -401,3 +401,13 @@ def test_released_semantic_vae_folder_is_evaluated_and_refuses_to_store_statisti
     cfg = speech_latent_stats.SpeechLatentStatsConfig(split="val", store_in_checkpoint=True)
     with pytest.raises(FileNotFoundError, match="not a pretrained directory.*missing config.json, model.safetensors"):
         speech_latent_stats.run(ctx, cfg)  # before reading any data
+
+
+def test_reconstruction_mel_distance_uses_the_model_sample_rate():
+    from unitok.modalities.speech.losses import MelLossConfig, MelSpectrogramLoss
+
+    torch.manual_seed(0)
+    x, y = torch.randn(1, 1, 24000), torch.randn(1, 1, 24000)
+    mel = speech_reconstruction._metric_fns(speech_reconstruction.SpeechReconstructionConfig(), 24000)[0]
+    assert mel(x, y) == MelSpectrogramLoss(MelLossConfig(sample_rate=24000))(x, y)
+    assert mel(x, y) != MelSpectrogramLoss()(x, y)  # the 16 kHz filters
