@@ -5,7 +5,8 @@ with ``reference_audio=true``, the original too: the ceiling of the same ASR on 
 swaps in the offline PocketSphinx model for demos and smoke tests (a coarse signal, not Whisper's scale); references and
 hypotheses are normalised as F5-TTS does (punctuation deleted, lowercase), ``jiwer`` gives each utterance's WER and
 the metric is the mean of per-utterance WERs (not a corpus WER), as F5-TTS reports it. Transcripts are written to
-``OUT/speech.intelligibility/transcripts.jsonl``.
+``OUT/speech.intelligibility/transcripts.jsonl`` (from one file per utterance, written while the chunks are computed;
+the cache key names their folder, so a new ``--out`` sharing a ``--cache-dir`` writes them).
 """
 
 from __future__ import annotations
@@ -107,13 +108,13 @@ def run(ctx: EvalContext, cfg: IntelligibilityConfig) -> SuiteOutput:
         return out
 
     key = speech_cache_key(ctx, data, suite="speech.intelligibility", latent=cfg.latent, seed=cfg.seed,
-                           asr=asr.identity, beams=cfg.num_beams,
-                           reference_audio=cfg.reference_audio)  # fmt: skip
+                           asr=asr.identity, beams=cfg.num_beams, reference_audio=cfg.reference_audio,
+                           utterance_files=str(folder.resolve()))  # fmt: skip
     out = extract(ctx, dataset, score, "speech_wer", key, collate_fn=collate_speech, desc="transcribe")
     metrics = {k: torch.nanmean(v.double()).item() for k, v in out.items()}
     artifacts = {}
     if ctx.dist.is_main:
-        lines = [p.read_text() for p in sorted(folder.glob("*.json"))]
+        lines = [(folder / f"{i:06d}.json").read_text() for i in range(len(dataset))]  # not stale files of other runs
         (ctx.out_dir / OUT_FOLDER / "transcripts.jsonl").write_text("".join(lines))
         artifacts["transcripts"] = f"{OUT_FOLDER}/transcripts.jsonl"
     data["empty_references"] = int(torch.isnan(out["wer"]).sum())

@@ -5,7 +5,8 @@ Every utterance (whole, at the tokenizer's sample rate) is encoded and decoded f
 samples: the multi-resolution mel distance of DAC / Semantic-VAE (sum over 7 scales of the L1 between log10 mel
 magnitudes, the baseline's training loss), the multi-resolution STFT distance of ``auraloss`` (spectral convergence +
 log magnitude, FFT 512 / 1024 / 2048), SI-SDR (``auraloss``) and wide-band PESQ when the ``pesq`` package is
-installed. Means over all utterances of all ranks. The first ``save_audio`` pairs are written as WAV files.
+installed. Means over all utterances of all ranks. The first ``save_audio`` pairs are written as WAV files while
+the chunks are computed; the cache key names their folder, so a new ``--out`` sharing a ``--cache-dir`` writes them.
 
 Shape legend:
     B: utterances, T: samples
@@ -93,8 +94,9 @@ def run(ctx: EvalContext, cfg: SpeechReconstructionConfig) -> SuiteOutput:
                 write_wav(out_dir / f"rec_{index:06d}.wav", x[0, 0], tok.sample_rate)
         return {k: torch.stack([v.float().cpu() for v in vs]) for k, vs in rows.items()}
 
+    audio_files = {"dir": str(out_dir.resolve()) if cfg.save_audio else None, "save_audio": cfg.save_audio}
     key = speech_cache_key(ctx, data, suite="speech.reconstruction", latent=cfg.latent, seed=cfg.seed,
-                           stft=cfg.stft_fft_sizes, pesq=pesq is not None)  # fmt: skip
+                           stft=cfg.stft_fft_sizes, pesq=pesq is not None, audio_files=audio_files)  # fmt: skip
     out = extract(ctx, dataset, measure, "speech_reconstruction", key, collate_fn=collate_speech, desc="reconstruct")
     metrics = {k: out[k].double().mean().item() for k in ("mel_distance", "stft_distance", "si_sdr")}
     if pesq is not None:

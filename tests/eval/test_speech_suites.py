@@ -120,6 +120,9 @@ def test_reconstruction_suite_metrics_audio_and_batch_independence(svae, cuts_di
     wav, sr = soundfile.read(tmp_path / "a" / "speech.reconstruction" / "orig_000001.wav")
     assert sr == SR and len(wav) == int(SR * 0.525)
     assert not (tmp_path / "a" / "speech.reconstruction" / "orig_000002.wav").exists()
+    shared = tmp_path / "a" / "cache"  # another --out with the same --cache-dir still gets its WAV files
+    speech_reconstruction.run(_ctx(svae, cuts_dir, tmp_path / "a2", cache_dir=shared), cfg)
+    assert (tmp_path / "a2" / "speech.reconstruction" / "rec_000001.wav").is_file()
     other = speech_reconstruction.run(_ctx(svae, cuts_dir, tmp_path / "b", batch_size=3, chunk_size=2), cfg)
     assert other.metrics == pytest.approx(out.metrics, rel=1e-5)
     perfect = speech_reconstruction.run(_ctx(_Identity(), cuts_dir, tmp_path / "c"), cfg)
@@ -208,6 +211,13 @@ def test_intelligibility_suite_averages_per_utterance_wers(svae, cuts_dir, tmp_p
     assert out.metrics["wer"] == pytest.approx(expected) and out.metrics["wer_original"] == pytest.approx(expected)
     rows = [json.loads(line) for line in (tmp_path / out.artifacts["transcripts"]).read_text().splitlines()]
     assert [r["reference"] for r in rows] == TEXTS and len(heard) == 5
+    stale = tmp_path / "b" / "speech.intelligibility" / "utterances" / "000007.json"  # of an earlier, larger run
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({"cut_id": "old", "reference": "x", "hypothesis": "y"}) + "\n")
+    for out_dir in ("a", "b"):  # one cache: the second --out still gets its transcripts
+        again = speech_intelligibility.run(_ctx(svae, cuts_dir, tmp_path / out_dir, cache_dir=tmp_path / "c"), cfg)
+        lines = (tmp_path / out_dir / again.artifacts["transcripts"]).read_text().splitlines()
+        assert [json.loads(line)["reference"] for line in lines] == TEXTS
     FakeASR.window_seconds = 0.7  # the two longest utterances would be cut: refused before any work
     with pytest.raises(ValueError, match=r"at most 0.7 s .* 0.9 s: pass speech.intelligibility.max_seconds=0.7"):
         speech_intelligibility.run(_ctx(svae, cuts_dir, tmp_path / "long"), cfg)
