@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,18 @@ def reconstruct(
     with ctx.autocast():
         latents = tok.encode(audio, lengths, batch["index"].tolist(), seed)
     return audio, lengths, tok.decode(latents[latent].float(), lengths).float()
+
+
+@functools.lru_cache(maxsize=8)
+def _resampler_to_16k(sample_rate: int, device: torch.device) -> torch.nn.Module:
+    import torchaudio
+
+    return torchaudio.transforms.Resample(sample_rate, 16000).to(device)  # the sinc kernel, built once
+
+
+def to_16k(audio: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """(..., T) audio at ``sample_rate`` -> 16 kHz (torchaudio's default sinc resampling), as the scorers read it."""
+    return audio if sample_rate == 16000 else _resampler_to_16k(sample_rate, audio.device)(audio)
 
 
 def write_wav(path: Path, audio: torch.Tensor, sample_rate: int) -> None:

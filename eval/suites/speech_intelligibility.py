@@ -25,10 +25,10 @@ from unitok.eval.suites.speech_common import (
     reconstruct,
     speech_cache_key,
     speech_tokenizer,
+    to_16k,
     utterance_durations,
     utterances,
 )
-from unitok.eval.suites.speech_speaker_similarity import to_16k
 
 OUT_FOLDER = "speech.intelligibility"
 

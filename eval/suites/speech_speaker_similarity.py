@@ -16,7 +16,7 @@ from unitok.eval.context import EvalContext, Suite, SuiteOutput
 from unitok.eval.extract import extract
 from unitok.eval.speech_data import collate_speech
 from unitok.eval.speech_models import ResemblyzerEmbedder, SpeakerEmbedder
-from unitok.eval.suites.speech_common import reconstruct, speech_cache_key, speech_tokenizer, utterances
+from unitok.eval.suites.speech_common import reconstruct, speech_cache_key, speech_tokenizer, to_16k, utterances
 
 
 @dataclass
@@ -38,12 +38,6 @@ class SpeakerSimilarityConfig:
     latent: str = "mean"
     seed: int = 0
     max_seconds: float | None = None
-
-
-def to_16k(audio: torch.Tensor, sample_rate: int) -> torch.Tensor:
-    import torchaudio
-
-    return audio if sample_rate == 16000 else torchaudio.functional.resample(audio, sample_rate, 16000)
 
 
 def load_embedder(cfg: SpeakerSimilarityConfig, device) -> SpeakerEmbedder | ResemblyzerEmbedder:

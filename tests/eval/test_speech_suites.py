@@ -421,3 +421,16 @@ def test_reconstruction_mel_distance_uses_the_model_sample_rate():
     mel = speech_reconstruction._metric_fns(speech_reconstruction.SpeechReconstructionConfig(), 24000)[0]
     assert mel(x, y) == MelSpectrogramLoss(MelLossConfig(sample_rate=24000))(x, y)
     assert mel(x, y) != MelSpectrogramLoss()(x, y)  # the 16 kHz filters
+
+
+def test_to_16k_resamples_as_torchaudio_with_one_kernel_per_rate():
+    import torchaudio
+
+    from unitok.eval.suites.speech_common import _resampler_to_16k, to_16k
+
+    audio = torch.randn(24000)
+    assert torch.allclose(to_16k(audio, 24000), torchaudio.functional.resample(audio, 24000, 16000), atol=1e-6)
+    assert to_16k(audio, 16000) is audio
+    hits = _resampler_to_16k.cache_info().hits
+    to_16k(audio[:1000], 24000)
+    assert _resampler_to_16k.cache_info().hits == hits + 1
