@@ -14,6 +14,14 @@ from unitok.eval.speech_data import SpeechCuts, resolve_manifest
 from unitok.eval.suites.image_common import fixed_subset
 from unitok.modalities.speech.tokenizer import SpeechTokenizer
 
+LATENTS = ("mean", "z")
+
+
+def check_latent(latent: str) -> None:
+    """Refuse a ``latent`` setting other than 'mean' or 'z' (every speech suite, before any model loads)."""
+    if latent not in LATENTS:
+        raise ValueError(f"latent must be 'mean' or 'z', got {latent!r}")
+
 
 def speech_tokenizer(ctx: EvalContext) -> SpeechTokenizer:
     """The checkpoint's model as a :class:`SpeechTokenizer` (a clear error when it is not a speech model)."""

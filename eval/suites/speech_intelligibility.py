@@ -22,6 +22,7 @@ from unitok.eval.metrics.text import utterance_wers
 from unitok.eval.speech_data import collate_speech
 from unitok.eval.speech_models import PocketsphinxTranscriber, WhisperTranscriber
 from unitok.eval.suites.speech_common import (
+    check_latent,
     reconstruct,
     speech_cache_key,
     speech_tokenizer,
@@ -81,6 +82,7 @@ def check_durations(dataset, max_seconds: float | None, window_seconds: float) -
 
 
 def run(ctx: EvalContext, cfg: IntelligibilityConfig) -> SuiteOutput:
+    check_latent(cfg.latent)
     tok = speech_tokenizer(ctx)
     asr = load_transcriber(cfg, ctx.device)
     dataset, data = utterances(ctx, cfg.split, tok.sample_rate, cfg.max_seconds)

@@ -19,7 +19,7 @@ from unitok.eval.context import EvalContext, Suite, SuiteOutput
 from unitok.eval.extract import extract
 from unitok.eval.speech_data import collate_speech
 from unitok.eval.suites.image_latent_stats import checkpoint_dir, publish_latent_stats, stats_metrics
-from unitok.eval.suites.speech_common import speech_cache_key, speech_tokenizer, utterances
+from unitok.eval.suites.speech_common import check_latent, speech_cache_key, speech_tokenizer, utterances
 
 
 @dataclass
@@ -46,8 +46,7 @@ class SpeechLatentStatsConfig:
 
 
 def run(ctx: EvalContext, cfg: SpeechLatentStatsConfig) -> SuiteOutput:
-    if cfg.latent not in ("mean", "z"):
-        raise ValueError(f"latent must be 'mean' or 'z', got {cfg.latent!r}")
+    check_latent(cfg.latent)
     tok = speech_tokenizer(ctx)
     target = checkpoint_dir(ctx) if cfg.store_in_checkpoint else None  # fail before the long pass
     dataset, data = utterances(ctx, cfg.split, tok.sample_rate, cfg.max_seconds)

@@ -21,7 +21,14 @@ import torch
 from unitok.eval.context import EvalContext, Suite, SuiteOutput
 from unitok.eval.extract import extract
 from unitok.eval.speech_data import collate_speech
-from unitok.eval.suites.speech_common import reconstruct, speech_cache_key, speech_tokenizer, utterances, write_wav
+from unitok.eval.suites.speech_common import (
+    check_latent,
+    reconstruct,
+    speech_cache_key,
+    speech_tokenizer,
+    utterances,
+    write_wav,
+)
 
 OUT_FOLDER = "speech.reconstruction"
 
@@ -49,8 +56,7 @@ class SpeechReconstructionConfig:
     save_audio: int = 8
 
     def __post_init__(self) -> None:
-        if self.latent not in ("mean", "z"):
-            raise ValueError(f"latent must be 'mean' or 'z', got {self.latent!r}")
+        check_latent(self.latent)
 
 
 def _pesq_fn(enabled: bool, sample_rate: int):
@@ -73,6 +79,7 @@ def _metric_fns(cfg: SpeechReconstructionConfig, sample_rate: int):
 
 
 def run(ctx: EvalContext, cfg: SpeechReconstructionConfig) -> SuiteOutput:
+    check_latent(cfg.latent)
     tok = speech_tokenizer(ctx)
     dataset, data = utterances(ctx, cfg.split, tok.sample_rate, cfg.max_seconds)
     mel, stft, si_sdr, pesq = _metric_fns(cfg, tok.sample_rate)

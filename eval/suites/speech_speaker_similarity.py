@@ -16,7 +16,14 @@ from unitok.eval.context import EvalContext, Suite, SuiteOutput
 from unitok.eval.extract import extract
 from unitok.eval.speech_data import collate_speech
 from unitok.eval.speech_models import ResemblyzerEmbedder, SpeakerEmbedder
-from unitok.eval.suites.speech_common import reconstruct, speech_cache_key, speech_tokenizer, to_16k, utterances
+from unitok.eval.suites.speech_common import (
+    check_latent,
+    reconstruct,
+    speech_cache_key,
+    speech_tokenizer,
+    to_16k,
+    utterances,
+)
 
 
 @dataclass
@@ -52,6 +59,7 @@ def load_embedder(cfg: SpeakerSimilarityConfig, device) -> SpeakerEmbedder | Res
 
 
 def run(ctx: EvalContext, cfg: SpeakerSimilarityConfig) -> SuiteOutput:
+    check_latent(cfg.latent)
     tok = speech_tokenizer(ctx)
     embed = load_embedder(cfg, ctx.device)
     dataset, data = utterances(ctx, cfg.split, tok.sample_rate, cfg.max_seconds)

@@ -434,3 +434,10 @@ def test_to_16k_resamples_as_torchaudio_with_one_kernel_per_rate():
     hits = _resampler_to_16k.cache_info().hits
     to_16k(audio[:1000], 24000)
     assert _resampler_to_16k.cache_info().hits == hits + 1
+
+
+@pytest.mark.parametrize("suite", [speech_intelligibility, speech_speaker_similarity, speech_latent_stats])
+def test_every_speech_suite_refuses_an_unknown_latent_before_loading_models(suite, svae, tmp_path):
+    cfg_class = next(v for k, v in vars(suite).items() if k.endswith("Config") and isinstance(v, type))
+    with pytest.raises(ValueError, match="latent must be 'mean' or 'z', got 'x'"):
+        suite.run(_ctx(svae, tmp_path / "no_data", tmp_path), cfg_class(latent="x"))
