@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from unitok.engine.checkpoint import atomic_torch_save
 from unitok.eval.context import EvalContext
+from unitok.eval.metrics.linear_probe import Shard
 
 Batch = dict[str, Any]
 
@@ -59,6 +60,11 @@ def rank_samples(ctx: EvalContext, n: int) -> torch.Tensor:
     """(n_rank,) int64 indices of the samples in this rank's chunks, ascending: the rows of ``extract(shard=True)``."""
     chunks = chunk_ranges(n, ctx.options.chunk_size)
     return torch.tensor([i for k in rank_chunks(ctx, n) for i in chunks[k]], dtype=torch.long)
+
+
+def rank_shard(ctx: EvalContext, n: int) -> Shard | None:
+    """This rank's :class:`Shard` of ``n`` samples extracted with ``shard=True``; None when not distributed."""
+    return Shard(rank_samples(ctx, n), n) if ctx.dist.enabled else None
 
 
 def per_rank(ctx: EvalContext, count: int) -> list[int]:

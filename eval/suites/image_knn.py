@@ -27,9 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from unitok.eval.context import EvalContext, Suite, SuiteOutput
-from unitok.eval.extract import per_rank, rank_samples
+from unitok.eval.extract import per_rank, rank_shard
 from unitok.eval.metrics.classification import knn_accuracies
-from unitok.eval.metrics.linear_probe import Shard
 from unitok.eval.suites.image_features import check_cache_dtype, split_features
 
 
@@ -76,7 +75,7 @@ def run(ctx: EvalContext, cfg: KnnConfig) -> SuiteOutput:
         raise ValueError(f"{cfg.train_split} has {train_data['num_classes']} classes but {cfg.eval_split} has "
                          f"{test_data['num_classes']}: both splits need the same class folders")  # fmt: skip
     n_train = train_data["num_samples"]
-    shard = Shard(rank_samples(ctx, n_train), n_train) if ctx.dist.enabled else None
+    shard = rank_shard(ctx, n_train)
     acc = knn_accuracies(
         train.cls[:, -1].to(ctx.device),
         train.labels,

@@ -45,8 +45,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from unitok.eval.context import EvalContext, Suite, SuiteOutput
-from unitok.eval.extract import per_rank, rank_samples
-from unitok.eval.metrics.linear_probe import DEFAULT_LRS, ProbeResult, ProbeTraining, Shard, train_linear_probes
+from unitok.eval.extract import per_rank, rank_shard
+from unitok.eval.metrics.linear_probe import DEFAULT_LRS, ProbeResult, ProbeTraining, train_linear_probes
 from unitok.eval.suites.image_features import BlockFeatures, check_cache_dtype, split_features
 
 
@@ -141,7 +141,7 @@ def run(ctx: EvalContext, cfg: LinearProbeConfig) -> SuiteOutput:
     ctx.log(f"linear probe: {len(dims) * len(cfg.learning_rates)} heads, {train_data['num_samples']} train / "
             f"{val_data['num_samples']} {cfg.eval_split} samples, {val_data['num_classes']} classes")  # fmt: skip
     n_train = train_data["num_samples"]
-    shard = Shard(rank_samples(ctx, n_train), n_train) if ctx.dist.enabled else None
+    shard = rank_shard(ctx, n_train)
     held = {"train": per_rank(ctx, len(train(0).labels)), "eval": per_rank(ctx, len(val.labels))}
     result = train_linear_probes(train, val.to(ctx.device), dims, val_data["num_classes"], training, shard=shard,
                                  progress=ctx.options.progress and ctx.dist.is_main, log=ctx.log)  # fmt: skip

@@ -207,6 +207,9 @@ def test_a_rank_without_chunks_gets_empty_outputs_and_another_chunk_size_is_refu
     calls = []
     got = extract_mod.extract(idle, ds, _counting_fn(calls), "t", {"k": 1}, shard=True)
     assert calls == [] and extract_mod.rank_samples(idle, len(ds)).tolist() == []
+    assert extract_mod.rank_shard(ctx, len(ds)) is None  # not distributed
+    shard = extract_mod.rank_shard(dataclasses.replace(ctx, dist=DistInfo(rank=1, world_size=2)), len(ds))
+    assert shard.total == 48 and shard.indices.tolist() == [*range(10, 20), *range(30, 40)]
     assert {f: (v.shape, v.dtype) for f, v in got.items()} == {f: ((0,), v.dtype) for f, v in full.items()}
     other = dataclasses.replace(ctx, options=dataclasses.replace(ctx.options, chunk_size=16))
     with pytest.raises(ValueError, match="chunk_000000.pt holds 10 samples where chunk 0 has 16.*another --chunk-size"):
