@@ -7,9 +7,12 @@ from collections.abc import Sequence
 
 
 def f5_normalize(text: str) -> str:
-    """F5-TTS (``eval/utils_eval.py``, English): delete every ``string.punctuation`` character, replace double
-    spaces by single ones (one pass), lowercase. No number or spelling normalisation: "don't" -> "dont"."""
-    for ch in string.punctuation:
+    """F5-TTS (``eval/utils_eval.py``, English): delete every ``zhon.hanzi.punctuation`` and ``string.punctuation``
+    character (curly quotes, dashes, ellipses and full-width marks included), replace double spaces by single ones
+    (one pass), lowercase. No number or spelling normalisation: "don't" -> "dont"."""
+    from zhon.hanzi import punctuation
+
+    for ch in punctuation + string.punctuation:
         text = text.replace(ch, "")
     return text.replace("  ", " ").lower()
 

@@ -179,6 +179,9 @@ def test_speaker_similarity_is_one_for_a_perfect_tokenizer(svae, cuts_dir, tmp_p
 
 def test_f5_normalisation_and_mean_of_utterance_wers():
     assert f5_normalize("Don't stop, Well-known  facts!") == "dont stop wellknown facts"
+    # zhon.hanzi.punctuation too, as F5-TTS: curly quotes, full-width marks, dashes, ellipses (no space inserted)
+    assert f5_normalize("“Hello”， world。") == "hello world" and f5_normalize("“Hello”，world。") == "helloworld"
+    assert f5_normalize("Don’t stop — now…") == "dont stop now"
     wers = utterance_wers(["the cat sat", "a b c d", ""], ["the cat", "a b c d", "x"])
     assert wers[:2] == [pytest.approx(1 / 3), 0.0] and math.isnan(wers[2])
     with pytest.raises(ValueError, match="2 references but 1"):
