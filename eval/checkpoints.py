@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 RUN_CONFIG = "config.yaml"
@@ -99,19 +98,8 @@ def _from_pretrained_dir(path: Path, kind: str, name: str) -> LoadedCheckpoint:
     return LoadedCheckpoint(model, str(path), kind, name, params, _file_identity(_weights_file(path)))
 
 
-def _exported_weights(ckpt: dict[str, Any], qualified_name: str) -> dict[str, torch.Tensor]:
-    """The exported model's weights in a trainer checkpoint: the EMA when kept, else its slice of the trainables."""
-    if ckpt.get("ema") is not None:
-        return ckpt["ema"]
-    prefix = f"{qualified_name}."
-    weights = {k[len(prefix) :]: v for k, v in ckpt["trainable"].items() if k.startswith(prefix)}
-    if not weights:
-        raise ValueError(f"the checkpoint holds no weights under {prefix!r} (keys: {list(ckpt['trainable'])[:4]})")
-    return weights
-
-
 def _from_train_state(file: Path) -> LoadedCheckpoint:
-    from unitok.engine.checkpoint import load_checkpoint
+    from unitok.engine.checkpoint import exported_weights, load_checkpoint
     from unitok.models.pretrained import load_state_dict_strict
     from unitok.train import build_task
 
@@ -126,7 +114,7 @@ def _from_train_state(file: Path) -> LoadedCheckpoint:
     ckpt = load_checkpoint(file)
     model = task.export_model()
     qualified = next(name for name, module in task.named_modules() if module is model)  # e.g. "student.model"
-    load_state_dict_strict(model, _exported_weights(ckpt, qualified), source=str(file))
+    load_state_dict_strict(model, exported_weights(ckpt, f"{qualified}.", str(file)), source=str(file))
     step = int(ckpt.get("state", {}).get("step", -1))
     identity = {**_file_identity(file), "step": step}
     return LoadedCheckpoint(model.eval(), str(file), "train_state", f"{run_dir.name}@{step}", params, identity)

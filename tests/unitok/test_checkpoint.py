@@ -43,3 +43,14 @@ def test_rng_round_trip():
     a = (random.random(), np.random.rand(), torch.rand(1).item())
     set_rng_state(state)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+def test_exported_weights_are_the_ema_else_the_prefixed_trainables():
+    from unitok.engine.checkpoint import exported_weights
+
+    w, e = torch.ones(2), torch.zeros(2)
+    trainable = {"student.model.a": w, "student.head.b": e}
+    assert exported_weights({"trainable": trainable, "ema": None}, "student.model.") == {"a": w}
+    assert exported_weights({"trainable": trainable, "ema": {"a": e}}, "student.model.") == {"a": e}
+    with pytest.raises(ValueError, match=r"run.pt holds no weights under 'teacher.' \(keys: \['student.model.a'"):
+        exported_weights({"trainable": trainable}, "teacher.", "run.pt")

@@ -66,6 +66,21 @@ def save_checkpoint(ckpt_dir: str | os.PathLike, step: int, state: dict[str, Any
     return path
 
 
+def exported_weights(ckpt: dict[str, Any], prefix: str, source: str = "the checkpoint") -> dict[str, torch.Tensor]:
+    """The exported model's weights in a train-state checkpoint: the EMA when the run kept one, else the trainable
+    weights under ``prefix`` (e.g. ``"student.model."``), the prefix stripped.
+
+    Raises:
+        ValueError: naming ``source`` and a few of its keys, when no trainable weight starts with ``prefix``.
+    """
+    if ckpt.get("ema") is not None:
+        return ckpt["ema"]
+    weights = {k[len(prefix) :]: v for k, v in ckpt["trainable"].items() if k.startswith(prefix)}
+    if not weights:
+        raise ValueError(f"{source} holds no weights under {prefix!r} (keys: {list(ckpt['trainable'])[:4]})")
+    return weights
+
+
 def list_checkpoints(ckpt_dir: str | os.PathLike) -> list[Path]:
     """Step files, oldest first."""
     d = Path(ckpt_dir)

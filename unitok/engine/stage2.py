@@ -25,7 +25,7 @@ def stage1_state_dict(
         prefix: key prefix of the exported model among a checkpoint's trainable weights.
         what: the model's name in error messages.
     """
-    from unitok.engine.checkpoint import latest_checkpoint, load_checkpoint
+    from unitok.engine.checkpoint import exported_weights, latest_checkpoint, load_checkpoint
 
     path = Path(path).expanduser()
     if not path.exists():
@@ -44,12 +44,8 @@ def stage1_state_dict(
             )
         path = found
     ckpt = load_checkpoint(path)  # names the path when missing or unreadable
-    if ckpt.get("ema") is not None:
-        return ckpt["ema"], f"{path} (EMA)"
-    sd = {k[len(prefix) :]: v for k, v in ckpt["trainable"].items() if k.startswith(prefix)}
-    if not sd:
-        raise ValueError(f"{path} holds no {what} weights (no '{prefix}*' keys): not a stage-1 run's checkpoint")
-    return sd, str(path)
+    sd = exported_weights(ckpt, prefix, source=f"{path} (not a stage-1 run's {what} checkpoint)")
+    return sd, f"{path} (EMA)" if ckpt.get("ema") is not None else str(path)
 
 
 class PartlyTrainable(nn.Module):
