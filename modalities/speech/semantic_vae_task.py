@@ -203,8 +203,6 @@ class SemanticVAETask(Task):
         if self.adversarial:
             terms.update(self._adversarial_terms(fake, real))
         loss, report = self.composer(terms, step)
-        if "align_loss" in out and self.composer.weight("align", step) == 0:
-            loss = loss + 0.0 * out["align_loss"]  # the projector stays in the graph (DDP expects every gradient)
         if not self.aux_first:
             cache["fake"] = fake.detach()
         return loss, report
