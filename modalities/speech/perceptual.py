@@ -141,7 +141,8 @@ class AudioReconstructionLoss(nn.Module):
         if cfg.l1_weight > 0:
             terms["rec_l1_loss"] = cfg.l1_weight * (pred - tgt).abs().sum() / lengths.sum()
         if cfg.si_sdr_weight > 0 or cfg.report_si_sdr:
-            si_sdr = si_sdr_per_clip(pred, tgt, lengths).mean()
+            with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.si_sdr_weight > 0):  # report only: no graph
+                si_sdr = si_sdr_per_clip(pred, tgt, lengths).mean()
             if cfg.si_sdr_weight > 0:
                 terms["rec_sisdr_loss"] = -cfg.si_sdr_weight * si_sdr
             if cfg.report_si_sdr:

@@ -157,14 +157,18 @@ class SemanticVAETask(Task):
         return wav.float()
 
     def _reconstruction_terms(self, out: dict[str, torch.Tensor], real: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The configured terms among mel, stft, waveform (L1) and KL, whatever their weights."""
-        fake, terms = out["audio"], {}
+        """The configured terms among mel, stft, waveform (L1) and KL, whatever their weights (logged-only ones, at
+        weight 0, without autograd)."""
+        fake, terms, active = out["audio"], {}, self.composer.active
         if self.mel is not None:
-            terms["mel_loss"] = self.mel(fake, real)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and active("mel")):
+                terms["mel_loss"] = self.mel(fake, real)
         if self.stft is not None:
-            terms["stft_loss"] = self.stft(fake, real)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and active("stft")):
+                terms["stft_loss"] = self.stft(fake, real)
         if "waveform" in self.composer.cfg.terms:
-            terms["waveform_loss"] = F.l1_loss(fake, real)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and active("waveform")):
+                terms["waveform_loss"] = F.l1_loss(fake, real)
         if "kl" in self.composer.cfg.terms:
             terms["kl_loss"] = out["kl_loss"]
         return terms

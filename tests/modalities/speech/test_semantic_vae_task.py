@@ -115,6 +115,15 @@ def test_each_term_switches_off_with_weight_zero(term):
     assert present | {term} == set(TERMS)
 
 
+def test_logged_only_terms_are_computed_without_autograd():
+    task = build_task(_cfg()).train()  # stft and waveform at weight 0 (logged), mel optimised
+    real = task.audio(_batch())
+    fake = real.clone().requires_grad_(True)
+    terms = task._reconstruction_terms({"audio": fake, "kl_loss": torch.tensor(0.0)}, real)
+    assert terms["mel_loss"].requires_grad
+    assert not terms["stft_loss"].requires_grad and not terms["waveform_loss"].requires_grad
+
+
 def test_without_adversarial_terms_the_task_has_one_phase():
     task = build_task(_cfg(*_weights(adv_gen=0.0, adv_feat=0.0)))
     assert task.discriminator is None and task.trainable == ("generator",) and not task.aux_trainable
