@@ -133,12 +133,6 @@ class SemanticVAETask(Task):
         base = SpeechDiscriminatorConfig.from_dac(model.config.discriminator)
         return build_config(SpeechDiscriminatorConfig, dataclasses.asdict(base), overrides)
 
-    def train(self, mode: bool = True) -> SemanticVAETask:
-        super().train(mode)
-        if self.ssl_teacher is not None:
-            self.ssl_teacher.eval()  # frozen: no dropout
-        return self
-
     def export_model(self) -> SemanticVAE:
         return self.generator
 

@@ -198,6 +198,10 @@ def test_wavlm_teacher_from_a_local_directory(wavlm_dir, tmp_path):
     ]
     assert not torch.allclose(first(batch["audio"], batch["audio_lens"])[0], feats)
     assert not any(p.requires_grad for p in last.parameters()) and not last.train().model.training
+    lengths, want = torch.arange(0, 3000, 7), torch.arange(0, 3000, 7)
+    for kernel, stride in zip(last.model.config.conv_kernel, last.model.config.conv_stride, strict=True):
+        want = torch.div(want - kernel, stride, rounding_mode="floor") + 1
+    assert torch.equal(last.frame_lengths(lengths), want.clamp_min(0))  # the conv arithmetic, none negative
     with pytest.raises(FileNotFoundError, match="wavlm-large.*nowhere"):
         SSLTeacher(SSLTeacherConfig(path=str(tmp_path / "nowhere")))
     with pytest.raises(ValueError, match="layer 5 is out of range"):
