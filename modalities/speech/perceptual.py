@@ -38,7 +38,7 @@ from unitok.modalities.speech.adapter import valid_lengths
 @dataclass
 class AudioReconstructionConfig:
     """Attributes (GUESS: the weights of the VTP speech recipe are not published; mel-only as Semantic-VAE):
-    sample_rate: Hz (mel filterbanks).
+    sample_rate: Hz (mel filterbanks); the speech tasks set the model's.
     stft_weight: weight of the multi-resolution STFT term.
     stft_fft_sizes: its FFT sizes (Semantic-VAE logs an STFT loss at 2048 and 512).
     stft_w_sc, stft_w_log_mag: auraloss' spectral-convergence and log-magnitude weights of that term.

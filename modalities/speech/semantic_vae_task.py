@@ -39,7 +39,13 @@ from unitok.engine.task import Task
 from unitok.losses.adversarial import discriminator_loss, feature_matching_loss, generator_adversarial_loss
 from unitok.losses.compose import LossComposer
 from unitok.modalities.speech.discriminator import SpeechDiscriminator, SpeechDiscriminatorConfig
-from unitok.modalities.speech.losses import MelLossConfig, MelSpectrogramLoss, MultiScaleSTFTLoss, STFTLossConfig
+from unitok.modalities.speech.losses import (
+    MelLossConfig,
+    MelSpectrogramLoss,
+    MultiScaleSTFTLoss,
+    STFTLossConfig,
+    at_model_rate,
+)
 from unitok.modalities.speech.semantic_vae import SemanticVAE
 from unitok.modalities.speech.semantic_vae_guidance import SSLGuidanceConfig, build_guidance, guidance_features
 
@@ -67,7 +73,7 @@ class SemanticVAETaskConfig:
         block (e.g. narrower ``period_channels`` / ``band_channels`` for a CPU-sized run).
     disc_optim: the discriminator's AdamW, schedule and clipping.
     ssl: the alignment term's guidance features.
-    mel: the mel loss (example.yml: 7 scales).
+    mel: the mel loss (example.yml: 7 scales; its sample rate follows the model).
     stft: the logged multi-scale STFT loss.
     """
 
@@ -111,7 +117,8 @@ class SemanticVAETask(Task):
         _check_terms(composer, model)
         self.cfg, self.composer = cfg, composer
         self.generator = model
-        self.mel = MelSpectrogramLoss(cfg.mel) if "mel" in composer.cfg.terms else None
+        mel = at_model_rate(cfg.mel, model.sample_rate, "task.params.mel")
+        self.mel = MelSpectrogramLoss(mel) if "mel" in composer.cfg.terms else None
         self.stft = MultiScaleSTFTLoss(cfg.stft) if "stft" in composer.cfg.terms else None
         self.ssl_teacher = None
         if composer.active("align"):

@@ -151,7 +151,7 @@ class SpeechGANTask(Task):
         self.discriminator = SpeechDiscriminator(cfg.discriminator)
         self.aux_optim = cfg.disc_optim
         self.adversarial = AdversarialLoss(cfg.adversarial)
-        self.reconstruction = composed_reconstruction(composer, cfg.reconstruction)
+        self.reconstruction = composed_reconstruction(composer, cfg.reconstruction, model.sample_rate)
         self.kl = KLLoss()
 
     def export_model(self) -> SpeechTokenizerModel:

@@ -330,3 +330,10 @@ def test_short_batches_are_padded_to_the_crop():
     assert wav.shape == (2, 1, 8000) and torch.equal(wav[:, 0, :T], batch["audio"]) and wav[..., T:].abs().sum() == 0
     assert build_task(_cfg()).audio(batch).shape == (2, 1, T)  # null: as the batch comes
     assert build_task(_cfg("task.params.pad_to_seconds=0.1")).audio(batch).shape == (2, 1, T)  # never cropped
+
+
+def test_mel_loss_follows_the_model_sample_rate():
+    mel = build_task(_cfg()).mel.transforms[0]
+    assert mel.sample_rate == 16000
+    with pytest.raises(ValueError, match="mel.sample_rate is 24000 Hz but the model runs at 16000"):
+        build_task(_cfg("task.params.mel.sample_rate=24000"))
