@@ -44,7 +44,6 @@ from unitok.modalities.speech.discriminator import SpeechDiscriminator, SpeechDi
 from unitok.modalities.speech.perceptual import AudioReconstructionConfig
 from unitok.modalities.speech.speech_task import check_reconstruction_params, composed_reconstruction
 from unitok.modalities.speech.vtp_speech import SpeechTokenizerModel
-from unitok.modalities.speech.vtp_speech_config import SpeechTokenizerConfig
 
 DECODER = ("autoencoder.decoder_embed", "autoencoder.decoder", "autoencoder.decoder_head")
 ENCODER = ("autoencoder.patch_embed", "autoencoder.encoder", "autoencoder.bottleneck", "autoencoder.bottleneck_logvar")
@@ -88,13 +87,9 @@ class SpeechGANTaskConfig:
 
 def load_stage1(model: SpeechTokenizerModel, init_from: str) -> str:
     """Load the stage-1 weights into ``model`` (strict: same configuration, keys and shapes); returns the source."""
-    from unitok.models.pretrained import read_config
 
     def saved_config(source: str) -> dict:
-        raw = read_config(source)
-        if raw.get("model_type") != SpeechTokenizerModel.model_type:
-            raise ValueError(f"{source} holds a {raw.get('model_type')!r} model, not a unitok speech tokenizer")
-        return to_dict(build_config(SpeechTokenizerConfig, raw["config"]))
+        return to_dict(SpeechTokenizerModel.read_pretrained_config(source))
 
     return stage2.load_stage1(model, init_from, what="speech tokenizer", example="runs/speech_tiny",
                               saved_config=saved_config, wanted_config=to_dict(model.config))  # fmt: skip
