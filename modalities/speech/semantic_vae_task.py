@@ -36,7 +36,13 @@ import torch.nn.functional as F
 
 from unitok.engine.optim import OptimConfig
 from unitok.engine.task import Task
-from unitok.losses.adversarial import discriminator_loss, feature_matching_loss, generator_adversarial_loss
+from unitok.losses.adversarial import (
+    discriminator_loss,
+    feature_matching_loss,
+    generator_adversarial_loss,
+    generator_side_maps,
+    split_feature_maps,
+)
 from unitok.losses.compose import LossComposer
 from unitok.modalities.speech.discriminator import SpeechDiscriminator, SpeechDiscriminatorConfig
 from unitok.modalities.speech.losses import (
@@ -97,11 +103,6 @@ def _check_terms(composer: LossComposer, model: SemanticVAE) -> None:
                "set model.overrides.dac.distill=false for the vanilla acoustic VAE (its SSL projector would be "
                "left untrained)")  # fmt: skip
         raise ValueError(f"the align loss weight is {'> 0' if align else '0'} but DAC.distill is {distill}: {fix}")
-
-
-def split_maps(maps: list[list[torch.Tensor]], batch: int) -> tuple[list[list[torch.Tensor]], ...]:
-    """Feature maps of a discriminator call on ``cat([first, second])`` -> (maps of first, maps of second)."""
-    return [[m[:batch] for m in d] for d in maps], [[m[batch:] for m in d] for d in maps]
 
 
 class SemanticVAETask(Task):
@@ -176,9 +177,7 @@ class SemanticVAETask(Task):
 
     def _adversarial_terms(self, fake: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
         """Generator side: the discriminator runs bare and frozen (see ``Task.call``); real maps need no graph."""
-        d_fake = self.call("discriminator", fake)
-        with torch.no_grad():
-            d_real = self.call("discriminator", real)
+        d_fake, d_real = generator_side_maps(lambda x: self.call("discriminator", x), fake, real)
         terms = {}
         if self.composer.active("adv_gen"):
             terms["adv_gen_loss"] = generator_adversarial_loss(d_fake, "least_squares")
@@ -228,7 +227,7 @@ class SemanticVAETask(Task):
         """Discriminator phase: least-squares loss on real clips vs reconstructions, in one discriminator call."""
         real = self.audio(batch)
         fake = self._fake_for_discriminator(batch, real, cache) if self.aux_first else cache["fake"]
-        d_real, d_fake = split_maps(self.call("discriminator", torch.cat([real, fake])), real.shape[0])
+        d_real, d_fake = split_feature_maps(self.call("discriminator", torch.cat([real, fake])), real.shape[0])
         loss = discriminator_loss(d_fake, d_real, "least_squares")
         return loss, {"disc_loss": float(loss.detach())}
 
