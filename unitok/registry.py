@@ -116,9 +116,6 @@ def _register_presets() -> None:
 
 
 _register_presets()
-# Semantic-VAE / acoustic VAE baselines (SEMANTIC_VAE_PRESETS in modalities/speech/semantic_vae_config.py)
-for _name in ("semantic_vae_16k_d64", "acoustic_vae_16k_d16", "acoustic_vae_16k_d64", "semantic_vae_tiny"):
-    MODELS.register(_name, "unitok.modalities.speech.semantic_vae:create_semantic_vae")
 
 
 def list_models(pattern: str = "*") -> list[str]:

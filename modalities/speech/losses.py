@@ -18,16 +18,36 @@ Shape legend:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+def at_model_rate(cfg: Any, sample_rate: int, name: str) -> Any:
+    """A copy of a loss config (a dataclass with a ``sample_rate`` field) at the model's ``sample_rate``.
+
+    Raises:
+        ValueError: the config sets a rate other than its default and the model's.
+    """
+    default = next(f.default for f in dataclasses.fields(cfg) if f.name == "sample_rate")
+    if cfg.sample_rate not in (default, sample_rate):
+        raise ValueError(
+            f"{name}.sample_rate is {cfg.sample_rate} Hz but the model runs at {sample_rate} Hz: leave it out, it "
+            "follows the model"
+        )
+    return dataclasses.replace(cfg, sample_rate=sample_rate)
+
+
 @dataclass
 class MelLossConfig:
-    """DAC's ``MelSpectrogramLoss`` as set in ``conf/svae/example.yml`` (7 scales, power 1, no magnitude term)."""
+    """DAC's ``MelSpectrogramLoss`` as set in ``conf/svae/example.yml`` (7 scales, power 1, no magnitude term).
+
+    ``sample_rate`` follows the model in the ``semantic_vae`` task (:func:`at_model_rate`).
+    """
 
     sample_rate: int = 16000
     n_mels: list[int] = field(default_factory=lambda: [5, 10, 20, 40, 80, 160, 320])

@@ -18,8 +18,8 @@ frames inside the padding still count in auraloss' means (diluting the term by a
 spectral convergence is one ratio of norms over the whole batch.
 
 Mel filterbank: auraloss builds it with librosa (not a dependency here); the same Slaney filterbank (librosa's
-default, agreeing to ~1e-5 relative) comes from ``torchaudio.functional.melscale_fbanks`` and is installed on each
-auraloss ``STFTLoss`` (its ``fb`` buffer and ``scale``), which is how auraloss applies it.
+default, bit-equal in float32) comes from :func:`~unitok.modalities.speech.losses.slaney_mel_filterbank` and is
+installed on each auraloss ``STFTLoss`` (its ``fb`` buffer and ``scale``), which is how auraloss applies it.
 
 Shape legend:
     B: batch, T: samples (padded); audio (B, 1, T), lengths (B,)
@@ -33,12 +33,13 @@ import torch
 from torch import nn
 
 from unitok.modalities.speech.adapter import valid_lengths
+from unitok.modalities.speech.losses import slaney_mel_filterbank
 
 
 @dataclass
 class AudioReconstructionConfig:
     """Attributes (GUESS: the weights of the VTP speech recipe are not published; mel-only as Semantic-VAE):
-    sample_rate: Hz (mel filterbanks).
+    sample_rate: Hz (mel filterbanks); the speech tasks set the model's.
     stft_weight: weight of the multi-resolution STFT term.
     stft_fft_sizes: its FFT sizes (Semantic-VAE logs an STFT loss at 2048 and 512).
     stft_w_sc, stft_w_log_mag: auraloss' spectral-convergence and log-magnitude weights of that term.
@@ -88,13 +89,10 @@ def multi_resolution_stft_loss(
 
 
 def _install_mel_filterbank(stft_loss: nn.Module, n_mels: int, sample_rate: int) -> None:
-    """What ``auraloss.freq.STFTLoss(scale="mel")`` does, with torchaudio's Slaney filterbank instead of librosa's."""
-    import torchaudio
-
+    """What ``auraloss.freq.STFTLoss(scale="mel")`` does, with :func:`slaney_mel_filterbank` (librosa's, bit-equal
+    in float32) instead of librosa."""
     n_freqs = stft_loss.fft_size // 2 + 1
-    fb = torchaudio.functional.melscale_fbanks(
-        n_freqs, 0.0, sample_rate / 2, n_mels, sample_rate, norm="slaney", mel_scale="slaney"
-    )
+    fb = slaney_mel_filterbank(n_freqs, 0.0, sample_rate / 2, n_mels, sample_rate)
     stft_loss.register_buffer("fb", fb.T.unsqueeze(0).contiguous())  # (1, n_mels, F), as librosa's
     stft_loss.scale, stft_loss.n_bins, stft_loss.sample_rate = "mel", n_mels, sample_rate
 
@@ -141,7 +139,8 @@ class AudioReconstructionLoss(nn.Module):
         if cfg.l1_weight > 0:
             terms["rec_l1_loss"] = cfg.l1_weight * (pred - tgt).abs().sum() / lengths.sum()
         if cfg.si_sdr_weight > 0 or cfg.report_si_sdr:
-            si_sdr = si_sdr_per_clip(pred, tgt, lengths).mean()
+            with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.si_sdr_weight > 0):  # report only: no graph
+                si_sdr = si_sdr_per_clip(pred, tgt, lengths).mean()
             if cfg.si_sdr_weight > 0:
                 terms["rec_sisdr_loss"] = -cfg.si_sdr_weight * si_sdr
             if cfg.report_si_sdr:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unitok.losses.alignment import masked_negative_cosine
+from unitok.losses.regularizers import gaussian_kl
 from unitok.modalities.speech.bigvgan import BigVGAN
 from unitok.modalities.speech.semantic_vae_config import SEMANTIC_VAE_PRESETS, SemanticVAEConfig
 from unitok.modalities.speech.semantic_vae_modules import AttnProjection, DACEncoder, SSLProjector, valid_frames
@@ -106,11 +107,6 @@ class SemanticVAE(nn.Module):
         return self.decoder(z.transpose(1, 2))
 
     # ------------------------------------------------------------------------------------------ losses
-    @staticmethod
-    def kl_loss(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        """KL to N(0, I): -½ Σ_C (1 + logvar - mu² - (e^logvar + 1e-6)), averaged over batch and frames."""
-        return (-0.5 * torch.sum(1 + logvar - mu.pow(2) - (logvar.exp() + 1e-6), dim=-1)).mean()
-
     def project_ssl(
         self, ssl_features: torch.Tensor, ssl_lengths: torch.Tensor | None, num_frames: int
     ) -> torch.Tensor:
@@ -174,7 +170,7 @@ class SemanticVAE(nn.Module):
         """
         enc = self.encode(wav, sample=True, eps=eps)
         out = {"audio": self.decode(enc["z"])[..., : wav.shape[-1]], **enc}
-        out["kl_loss"] = self.kl_loss(enc["mu"], enc["logvar"])
+        out["kl_loss"] = gaussian_kl(enc["mu"], enc["logvar"])  # upstream's KL, + 1e-6 on the variance
         if self.training and self.config.dac.distill:
             if ssl_features is None:
                 raise ValueError(

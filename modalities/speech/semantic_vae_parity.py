@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from unitok.losses.regularizers import gaussian_kl
 from unitok.modalities.speech.losses import SemanticVAELoss
 from unitok.modalities.speech.semantic_vae import SemanticVAE
 
@@ -45,7 +46,7 @@ def reference_outputs(model: SemanticVAE, inputs: dict[str, Any]) -> dict[str, t
     enc = model.encode(wav, eps=eps)
     n = enc["mu"].shape[1]
     out = {"encoder_out": feats, "pre_block_out": model.pre_block(feats.transpose(1, 2)), **enc,
-           "kl_loss": model.kl_loss(enc["mu"], enc["logvar"]), "decoded_z": model.decode(enc["z"]),
+           "kl_loss": gaussian_kl(enc["mu"], enc["logvar"]), "decoded_z": model.decode(enc["z"]),
            "decoded_mu": model.decode(enc["mu"]), "projector_out": model.project_ssl(ssl, None, n),
            "projector_out_short_guidance": model.project_ssl(ssl_short, None, n)}  # fmt: skip
     odd = model(wav[..., : inputs["odd_length"]], eps=eps)

@@ -36,10 +36,22 @@ import torch.nn.functional as F
 
 from unitok.engine.optim import OptimConfig
 from unitok.engine.task import Task
-from unitok.losses.adversarial import discriminator_loss, feature_matching_loss, generator_adversarial_loss
+from unitok.losses.adversarial import (
+    discriminator_loss,
+    feature_matching_loss,
+    generator_adversarial_loss,
+    generator_side_maps,
+    split_feature_maps,
+)
 from unitok.losses.compose import LossComposer
 from unitok.modalities.speech.discriminator import SpeechDiscriminator, SpeechDiscriminatorConfig
-from unitok.modalities.speech.losses import MelLossConfig, MelSpectrogramLoss, MultiScaleSTFTLoss, STFTLossConfig
+from unitok.modalities.speech.losses import (
+    MelLossConfig,
+    MelSpectrogramLoss,
+    MultiScaleSTFTLoss,
+    STFTLossConfig,
+    at_model_rate,
+)
 from unitok.modalities.speech.semantic_vae import SemanticVAE
 from unitok.modalities.speech.semantic_vae_guidance import SSLGuidanceConfig, build_guidance, guidance_features
 
@@ -67,7 +79,7 @@ class SemanticVAETaskConfig:
         block (e.g. narrower ``period_channels`` / ``band_channels`` for a CPU-sized run).
     disc_optim: the discriminator's AdamW, schedule and clipping.
     ssl: the alignment term's guidance features.
-    mel: the mel loss (example.yml: 7 scales).
+    mel: the mel loss (example.yml: 7 scales; its sample rate follows the model).
     stft: the logged multi-scale STFT loss.
     """
 
@@ -93,11 +105,6 @@ def _check_terms(composer: LossComposer, model: SemanticVAE) -> None:
         raise ValueError(f"the align loss weight is {'> 0' if align else '0'} but DAC.distill is {distill}: {fix}")
 
 
-def split_maps(maps: list[list[torch.Tensor]], batch: int) -> tuple[list[list[torch.Tensor]], ...]:
-    """Feature maps of a discriminator call on ``cat([first, second])`` -> (maps of first, maps of second)."""
-    return [[m[:batch] for m in d] for d in maps], [[m[batch:] for m in d] for d in maps]
-
-
 class SemanticVAETask(Task):
     """Generator (:class:`SemanticVAE`) + speech discriminator with DAC's losses; see the module docstring."""
 
@@ -111,7 +118,8 @@ class SemanticVAETask(Task):
         _check_terms(composer, model)
         self.cfg, self.composer = cfg, composer
         self.generator = model
-        self.mel = MelSpectrogramLoss(cfg.mel) if "mel" in composer.cfg.terms else None
+        mel = at_model_rate(cfg.mel, model.sample_rate, "task.params.mel")
+        self.mel = MelSpectrogramLoss(mel) if "mel" in composer.cfg.terms else None
         self.stft = MultiScaleSTFTLoss(cfg.stft) if "stft" in composer.cfg.terms else None
         self.ssl_teacher = None
         if composer.active("align"):
@@ -133,12 +141,6 @@ class SemanticVAETask(Task):
         base = SpeechDiscriminatorConfig.from_dac(model.config.discriminator)
         return build_config(SpeechDiscriminatorConfig, dataclasses.asdict(base), overrides)
 
-    def train(self, mode: bool = True) -> SemanticVAETask:
-        super().train(mode)
-        if self.ssl_teacher is not None:
-            self.ssl_teacher.eval()  # frozen: no dropout
-        return self
-
     def export_model(self) -> SemanticVAE:
         return self.generator
 
@@ -157,23 +159,25 @@ class SemanticVAETask(Task):
         return wav.float()
 
     def _reconstruction_terms(self, out: dict[str, torch.Tensor], real: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The configured terms among mel, stft, waveform (L1) and KL, whatever their weights."""
-        fake, terms = out["audio"], {}
+        """The configured terms among mel, stft, waveform (L1) and KL, whatever their weights (logged-only ones, at
+        weight 0, without autograd)."""
+        fake, terms, active = out["audio"], {}, self.composer.active
         if self.mel is not None:
-            terms["mel_loss"] = self.mel(fake, real)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and active("mel")):
+                terms["mel_loss"] = self.mel(fake, real)
         if self.stft is not None:
-            terms["stft_loss"] = self.stft(fake, real)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and active("stft")):
+                terms["stft_loss"] = self.stft(fake, real)
         if "waveform" in self.composer.cfg.terms:
-            terms["waveform_loss"] = F.l1_loss(fake, real)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and active("waveform")):
+                terms["waveform_loss"] = F.l1_loss(fake, real)
         if "kl" in self.composer.cfg.terms:
             terms["kl_loss"] = out["kl_loss"]
         return terms
 
     def _adversarial_terms(self, fake: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
         """Generator side: the discriminator runs bare and frozen (see ``Task.call``); real maps need no graph."""
-        d_fake = self.call("discriminator", fake)
-        with torch.no_grad():
-            d_real = self.call("discriminator", real)
+        d_fake, d_real = generator_side_maps(lambda x: self.call("discriminator", x), fake, real)
         terms = {}
         if self.composer.active("adv_gen"):
             terms["adv_gen_loss"] = generator_adversarial_loss(d_fake, "least_squares")
@@ -203,8 +207,6 @@ class SemanticVAETask(Task):
         if self.adversarial:
             terms.update(self._adversarial_terms(fake, real))
         loss, report = self.composer(terms, step)
-        if "align_loss" in out and self.composer.weight("align", step) == 0:
-            loss = loss + 0.0 * out["align_loss"]  # the projector stays in the graph (DDP expects every gradient)
         if not self.aux_first:
             cache["fake"] = fake.detach()
         return loss, report
@@ -225,7 +227,7 @@ class SemanticVAETask(Task):
         """Discriminator phase: least-squares loss on real clips vs reconstructions, in one discriminator call."""
         real = self.audio(batch)
         fake = self._fake_for_discriminator(batch, real, cache) if self.aux_first else cache["fake"]
-        d_real, d_fake = split_maps(self.call("discriminator", torch.cat([real, fake])), real.shape[0])
+        d_real, d_fake = split_feature_maps(self.call("discriminator", torch.cat([real, fake])), real.shape[0])
         loss = discriminator_loss(d_fake, d_real, "least_squares")
         return loss, {"disc_loss": float(loss.detach())}
 

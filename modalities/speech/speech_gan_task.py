@@ -25,18 +25,10 @@ import torch
 
 from unitok.config import build_config, to_dict
 from unitok.engine import stage2
-from unitok.engine.distributed import all_reduce_mean
 from unitok.engine.optim import OptimConfig
 from unitok.engine.stage2 import PartlyTrainable
 from unitok.engine.task import Task
-from unitok.losses.adversarial import (
-    AdversarialConfig,
-    AdversarialLoss,
-    adaptive_weight,
-    discriminator_loss,
-    feature_matching_loss,
-    generator_adversarial_loss,
-)
+from unitok.losses.adversarial import AdversarialConfig, AdversarialLoss, generator_side_maps, split_feature_maps
 from unitok.losses.compose import LossComposer
 from unitok.losses.regularizers import KLLoss
 from unitok.modalities.speech.adapter import valid_lengths
@@ -44,7 +36,6 @@ from unitok.modalities.speech.discriminator import SpeechDiscriminator, SpeechDi
 from unitok.modalities.speech.perceptual import AudioReconstructionConfig
 from unitok.modalities.speech.speech_task import check_reconstruction_params, composed_reconstruction
 from unitok.modalities.speech.vtp_speech import SpeechTokenizerModel
-from unitok.modalities.speech.vtp_speech_config import SpeechTokenizerConfig
 
 DECODER = ("autoencoder.decoder_embed", "autoencoder.decoder", "autoencoder.decoder_head")
 ENCODER = ("autoencoder.patch_embed", "autoencoder.encoder", "autoencoder.bottleneck", "autoencoder.bottleneck_logvar")
@@ -88,13 +79,9 @@ class SpeechGANTaskConfig:
 
 def load_stage1(model: SpeechTokenizerModel, init_from: str) -> str:
     """Load the stage-1 weights into ``model`` (strict: same configuration, keys and shapes); returns the source."""
-    from unitok.models.pretrained import read_config
 
     def saved_config(source: str) -> dict:
-        raw = read_config(source)
-        if raw.get("model_type") != SpeechTokenizerModel.model_type:
-            raise ValueError(f"{source} holds a {raw.get('model_type')!r} model, not a unitok speech tokenizer")
-        return to_dict(build_config(SpeechTokenizerConfig, raw["config"]))
+        return to_dict(SpeechTokenizerModel.read_pretrained_config(source))
 
     return stage2.load_stage1(model, init_from, what="speech tokenizer", example="runs/speech_tiny",
                               saved_config=saved_config, wanted_config=to_dict(model.config))  # fmt: skip
@@ -151,7 +138,7 @@ class SpeechGANTask(Task):
         self.discriminator = SpeechDiscriminator(cfg.discriminator)
         self.aux_optim = cfg.disc_optim
         self.adversarial = AdversarialLoss(cfg.adversarial)
-        self.reconstruction = composed_reconstruction(composer, cfg.reconstruction)
+        self.reconstruction = composed_reconstruction(composer, cfg.reconstruction, model.sample_rate)
         self.kl = KLLoss()
 
     def export_model(self) -> SpeechTokenizerModel:
@@ -181,20 +168,10 @@ class SpeechGANTask(Task):
 
     def _generator_terms(self, rec_loss: torch.Tensor, recon: torch.Tensor, audio: torch.Tensor):
         """``gan_loss`` = disc_weight·λ·L_adv + fm_weight·L_fm, and its parts for the report."""
-        cfg = self.cfg.adversarial
-        d_fake = self.call("discriminator", recon)
-        with torch.no_grad():
-            d_real = self.call("discriminator", audio)
-        adv = generator_adversarial_loss(d_fake, cfg.gen_loss)
-        fm = feature_matching_loss(d_fake, d_real)
-        lam = torch.ones((), device=adv.device)
-        if cfg.adaptive:
-            lam = adaptive_weight(
-                rec_loss, adv, self.student.last_layer(), cfg.max_adaptive_weight, reduce=all_reduce_mean
-            )
-        weight = cfg.disc_weight * lam
-        return {"gan_loss": weight * adv + self.cfg.feature_matching_weight * fm, "gan_g": adv.detach(),
-                "gan_fm": fm.detach(), "gan_weight": weight}  # fmt: skip
+        d_fake, d_real = generator_side_maps(lambda x: self.call("discriminator", x), recon, audio)
+        return self.adversarial.feature_map_generator_terms(
+            rec_loss, d_fake, d_real, self.student.last_layer(), self.cfg.feature_matching_weight
+        )
 
     def aux_active(self, step: int) -> bool:
         return self.adversarial.active(step)
@@ -202,15 +179,10 @@ class SpeechGANTask(Task):
     def aux_forward(self, batch: dict[str, Any], step: int, cache: dict[str, Any]):
         """Least-squares loss on originals vs the main phase's reconstructions, in one discriminator call."""
         audio, _ = self._audio(batch)
-        B = audio.shape[0]
         maps = self.call("discriminator", torch.cat([audio, cache["recon"]]))
-        d_real = [[f[:B] for f in fmaps] for fmaps in maps]
-        d_fake = [[f[B:] for f in fmaps] for fmaps in maps]
-        loss = discriminator_loss(d_fake, d_real, self.cfg.adversarial.disc_loss)
-        real = torch.stack([r[-1].detach().float().mean() for r in d_real]).mean()
-        fake = torch.stack([f[-1].detach().float().mean() for f in d_fake]).mean()
-        return loss, {"disc_loss": float(loss.detach()), "disc_logits_real": float(real),
-                      "disc_logits_fake": float(fake)}  # fmt: skip
+        d_real, d_fake = split_feature_maps(maps, audio.shape[0])
+        terms = self.adversarial.feature_map_discriminator_terms(d_fake, d_real)
+        return terms["disc_loss"], {k: float(v.detach()) for k, v in terms.items()}
 
 
 def build_speech_gan_task(cfg, model: SpeechTokenizerModel, params: dict[str, Any]) -> SpeechGANTask:

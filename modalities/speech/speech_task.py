@@ -44,6 +44,7 @@ from unitok.losses.regularizers import KLLoss
 from unitok.masking import sample_ibot_masks
 from unitok.modalities.speech.adapter import valid_lengths
 from unitok.modalities.speech.crops import AudioMultiCrop, AudioMultiCropConfig
+from unitok.modalities.speech.losses import at_model_rate
 from unitok.modalities.speech.perceptual import AudioReconstructionConfig, AudioReconstructionLoss
 from unitok.modalities.speech.teachers import SSLTeacherConfig
 from unitok.modalities.speech.vtp_speech import SpeechTokenizerModel
@@ -54,10 +55,13 @@ RECONSTRUCTION_TERMS = {"rec_stft": "stft_weight", "rec_mel": "mel_weight", "rec
                         "rec_sisdr": "si_sdr_weight"}  # fmt: skip
 
 
-def composed_reconstruction(composer: LossComposer, cfg: AudioReconstructionConfig) -> AudioReconstructionLoss:
-    """The auraloss terms, weight 1 for the weighted composer terms (the composer weighs them), 0 (not computed)
-    for the others."""
+def composed_reconstruction(
+    composer: LossComposer, cfg: AudioReconstructionConfig, sample_rate: int
+) -> AudioReconstructionLoss:
+    """The auraloss terms at the model's ``sample_rate``, weight 1 for the weighted composer terms (the composer
+    weighs them), 0 (not computed) for the others."""
     weights = {w: float(composer.active(term)) for term, w in RECONSTRUCTION_TERMS.items()}
+    cfg = at_model_rate(cfg, sample_rate, "task.params.reconstruction")
     return AudioReconstructionLoss(dataclasses.replace(cfg, **weights))
 
 
@@ -172,7 +176,7 @@ class SpeechTask(SelfDistillationMixin, Task):
         self.tokenizer = model.get_tokenizer() if self.use_clip else None
         self.contrastive = ContrastiveLoss(cfg.contrastive)
         self._init_self_distillation(cfg, total_steps)
-        self.reconstruction = composed_reconstruction(composer, cfg.reconstruction)
+        self.reconstruction = composed_reconstruction(composer, cfg.reconstruction, model.sample_rate)
         self.kl = KLLoss()
         self.crops = AudioMultiCrop(cfg.crops, model.sample_rate, model.frame_size)
         self._freeze_unused(model)

@@ -74,23 +74,12 @@ class SSLTeacher(nn.Module):
             raise ValueError(f"teacher layer {cfg.layer} is out of range: {path} has hidden_states 0..{layers - 1}")
         self.cfg = cfg
         self.feature_dim = int(config.hidden_size)
-        self.convs = list(zip(config.conv_kernel, config.conv_stride, strict=True))
         self.use_attention_mask = getattr(config, "feat_extract_norm", "layer") == "layer"
         self.register_state_dict_post_hook(_drop_own_state)
 
-    @property
-    def hop_length(self) -> int:
-        """Samples per teacher frame (320 for WavLM / HuBERT)."""
-        hop = 1
-        for _, stride in self.convs:
-            hop *= stride
-        return hop
-
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        """(B,) samples -> (B,) teacher frames."""
-        for kernel, stride in self.convs:
-            lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
-        return lengths.clamp_min(0)
+        """(B,) samples -> (B,) teacher frames (the feature extractor's conv arithmetic, from transformers)."""
+        return self.model._get_feat_extract_output_lengths(lengths).clamp_min(0)
 
     def train(self, mode: bool = True) -> SSLTeacher:
         super().train(False)  # frozen: dropout stays off

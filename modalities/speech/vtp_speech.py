@@ -240,9 +240,13 @@ class SpeechTokenizerModel(nn.Module):
         return str(write_pretrained(path, config, state_dict if state_dict is not None else self.state_dict()))
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> SpeechTokenizerModel:
-        """Load a :meth:`save_pretrained` directory strictly; ``overrides`` replace configuration fields."""
-        from unitok.models.pretrained import load_state_dict_strict, read_config, read_weights
+    def read_pretrained_config(cls, path: str | os.PathLike, **overrides: Any) -> SpeechTokenizerConfig:
+        """The configuration of a :meth:`save_pretrained` directory (``overrides`` replace fields).
+
+        Raises:
+            ValueError: the directory holds another kind of model.
+        """
+        from unitok.models.pretrained import read_config
 
         raw = read_config(path)
         if raw.get("model_type") != cls.model_type or "config" not in raw:
@@ -251,8 +255,15 @@ class SpeechTokenizerModel(nn.Module):
                 f"{path}/config.json is not a unitok speech tokenizer (model_type {found!r}, expected "
                 f"{cls.model_type!r} with a 'config' section)"
             )
-        model = cls(build_config(SpeechTokenizerConfig, raw["config"], overrides))
-        model.preset = raw.get("preset")
+        return build_config(SpeechTokenizerConfig, raw["config"], overrides)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> SpeechTokenizerModel:
+        """Load a :meth:`save_pretrained` directory strictly; ``overrides`` replace configuration fields."""
+        from unitok.models.pretrained import load_state_dict_strict, read_config, read_weights
+
+        model = cls(cls.read_pretrained_config(path, **overrides))
+        model.preset = read_config(path).get("preset")
         load_state_dict_strict(model, read_weights(path), source=f"{path}/model.safetensors")
         return model.eval()
 

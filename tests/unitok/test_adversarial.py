@@ -12,11 +12,13 @@ from unitok.losses.adversarial import (
     discriminator_loss,
     feature_matching_loss,
     generator_adversarial_loss,
+    generator_side_maps,
     hinge_d_loss,
     hinge_g_loss,
     least_squares_d_loss,
     least_squares_g_loss,
     non_saturating_g_loss,
+    split_feature_maps,
     vanilla_d_loss,
 )
 
@@ -140,3 +142,29 @@ def test_feature_matching_detaches_the_real_maps_and_checks_structure():
         feature_matching_loss([fake[0][:2]], [real[0]])
     with pytest.raises(ValueError, match="discriminator loss must be one of"):
         discriminator_loss(fake, real, kind="lsgan")
+
+
+def test_feature_map_terms_of_several_discriminators():
+    torch.manual_seed(0)
+    convs = [torch.nn.Conv1d(1, 2, 3), torch.nn.Conv1d(1, 2, 5)]
+
+    def disc(x):  # two discriminators, each (feature map, logits)
+        return [[c(x), c(x).mean(1, keepdim=True)] for c in convs]
+
+    real, fake = torch.randn(2, 1, 16), torch.randn(2, 1, 16, requires_grad=True)
+    d_real, d_fake = split_feature_maps(disc(torch.cat([real, fake.detach()])), 2)
+    assert all(torch.allclose(a, b) for d, e in zip(d_real, disc(real), strict=True) for a, b in zip(d, e, strict=True))
+    adv = AdversarialLoss(AdversarialConfig(disc_weight=0.5, adaptive=False, disc_loss="least_squares"))
+    d = adv.feature_map_discriminator_terms(d_fake, d_real)
+    assert d["disc_loss"].item() == pytest.approx(discriminator_loss(d_fake, d_real).item())
+    assert d["disc_logits_real"].item() == pytest.approx(sum(m[-1].mean().item() for m in d_real) / 2, abs=1e-6)
+    g_fake, g_real = generator_side_maps(disc, fake, real)
+    assert g_fake[0][0].requires_grad and not g_real[0][0].requires_grad
+    g = adv.feature_map_generator_terms(torch.tensor(0.0), g_fake, g_real, convs[0].weight, 2.0)
+    want = 0.5 * generator_adversarial_loss(g_fake, adv.cfg.gen_loss) + 2.0 * feature_matching_loss(g_fake, g_real)
+    assert g["gan_loss"].item() == pytest.approx(want.item()) and set(g) == {
+        "gan_loss",
+        "gan_g",
+        "gan_fm",
+        "gan_weight",
+    }

@@ -174,3 +174,15 @@ def test_composer_weights_groups_and_ramps():
         comp({"ibot_loss": torch.tensor(1.0)}, step=0)
     with pytest.raises(ValueError, match="group"):
         LossComposer({"terms": {"a": {"group": "nope"}}})
+
+
+def test_composer_keeps_a_term_before_its_start_step_in_the_graph():
+    comp = LossComposer({"terms": {"rec": {"start_step": 5, "warmup_steps": 2}, "clip": {}, "ibot": {"weight": 0}}})
+    rec_param, clip_param = torch.nn.Parameter(torch.tensor(3.0)), torch.nn.Parameter(torch.tensor(2.0))
+    total, report = comp({"rec_loss": rec_param * 2, "clip_loss": clip_param**2}, step=0)
+    assert total.item() == pytest.approx(4.0) and report["weight/rec_loss"] == 0.0
+    total.backward()
+    assert rec_param.grad is not None and rec_param.grad.item() == 0.0  # a zero gradient, not a missing one
+    assert clip_param.grad.item() == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="no active"):  # a term off for the whole run or not yet started alone
+        comp({"ibot_loss": torch.tensor(1.0), "rec_loss": torch.tensor(1.0, requires_grad=True)}, step=0)

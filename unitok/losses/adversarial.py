@@ -11,6 +11,9 @@ Several discriminators (audio GANs: MPD + MRD, each returning a list of feature 
 logits) are combined as DAC's ``GANLoss`` does: :func:`discriminator_loss` and :func:`generator_adversarial_loss`
 **sum** the per-discriminator terms (each a mean over its logits); :func:`feature_matching_loss` **sums** the
 element-mean L1 distances over every discriminator and every feature map but the logits, the real maps detached.
+:func:`split_feature_maps` splits the maps of one call on ``cat([real, fake])``; :func:`generator_side_maps` runs the
+discriminator for the generator's terms; :meth:`AdversarialLoss.feature_map_generator_terms` and
+:meth:`AdversarialLoss.feature_map_discriminator_terms` are the per-logits terms for several discriminators.
 
 Adaptive weight (taming's ``calculate_adaptive_weight``): with W the generator's last layer,
 ``λ = ||∇_W L_rec|| / (||∇_W L_G|| + 1e-4)``, clamped to [0, 1e4] and detached; the generator term is
@@ -137,6 +140,22 @@ def feature_matching_loss(d_fake: FeatureMaps, d_real: FeatureMaps) -> torch.Ten
     return sum(terms)
 
 
+def split_feature_maps(maps: FeatureMaps, batch: int) -> tuple[FeatureMaps, FeatureMaps]:
+    """Feature maps of a discriminator call on ``cat([first, second])`` -> (maps of first, maps of second)."""
+    return [[m[:batch] for m in d] for d in maps], [[m[batch:] for m in d] for d in maps]
+
+
+def generator_side_maps(
+    discriminator: Callable[[torch.Tensor], FeatureMaps], fake: torch.Tensor, real: torch.Tensor
+) -> tuple[FeatureMaps, FeatureMaps]:
+    """(maps of ``fake``, maps of ``real``) for the generator's terms: the real call without autograd (feature
+    matching detaches the real maps)."""
+    d_fake = discriminator(fake)
+    with torch.no_grad():
+        d_real = discriminator(real)
+    return d_fake, d_real
+
+
 def adaptive_weight(
     rec_loss: torch.Tensor,
     gen_loss: torch.Tensor,
@@ -179,15 +198,43 @@ class AdversarialLoss:
         """``gan_loss`` = disc_weight·λ·L_G (to add to the reconstruction loss), plus ``gan_g`` = L_G and
         ``gan_weight`` = disc_weight·λ (detached, for reports)."""
         g = G_LOSSES[self.cfg.gen_loss](logits_fake.float())
+        weight = self._weight(rec_loss, g, last_layer)
+        return {"gan_loss": weight * g, "gan_g": g.detach(), "gan_weight": weight}
+
+    def feature_map_generator_terms(
+        self,
+        rec_loss: torch.Tensor,
+        d_fake: FeatureMaps,
+        d_real: FeatureMaps,
+        last_layer: torch.Tensor,
+        feature_matching_weight: float,
+    ) -> dict[str, torch.Tensor]:
+        """Several discriminators: ``gan_loss`` = disc_weight·λ·L_G + feature_matching_weight·L_fm, plus ``gan_g``,
+        ``gan_fm`` and ``gan_weight`` (detached, for reports)."""
+        g = generator_adversarial_loss(d_fake, self.cfg.gen_loss)
+        fm = feature_matching_loss(d_fake, d_real)
+        weight = self._weight(rec_loss, g, last_layer)
+        return {"gan_loss": weight * g + feature_matching_weight * fm, "gan_g": g.detach(), "gan_fm": fm.detach(),
+                "gan_weight": weight}  # fmt: skip
+
+    def _weight(self, rec_loss: torch.Tensor, g: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:
+        """disc_weight·λ (λ = 1 without the adaptive weight)."""
         if self.cfg.adaptive:
             lam = adaptive_weight(rec_loss, g, last_layer, self.cfg.max_adaptive_weight, reduce=all_reduce_mean)
         else:
             lam = torch.ones((), device=g.device)
-        weight = self.cfg.disc_weight * lam
-        return {"gan_loss": weight * g, "gan_g": g.detach(), "gan_weight": weight}
+        return self.cfg.disc_weight * lam
 
     def discriminator_terms(self, logits_real: torch.Tensor, logits_fake: torch.Tensor) -> dict[str, torch.Tensor]:
         """``disc_loss`` plus the mean logits on real and fake inputs (detached, for reports)."""
         real, fake = logits_real.float(), logits_fake.float()
         return {"disc_loss": D_LOSSES[self.cfg.disc_loss](real, fake),
                 "disc_logits_real": real.detach().mean(), "disc_logits_fake": fake.detach().mean()}  # fmt: skip
+
+    def feature_map_discriminator_terms(self, d_fake: FeatureMaps, d_real: FeatureMaps) -> dict[str, torch.Tensor]:
+        """Several discriminators: ``disc_loss`` (:func:`discriminator_loss`) plus the mean over discriminators of
+        their mean logits on real and fake inputs (detached, for reports)."""
+        loss = discriminator_loss(d_fake, d_real, self.cfg.disc_loss)
+        real = torch.stack([r[-1].detach().float().mean() for r in d_real]).mean()
+        fake = torch.stack([f[-1].detach().float().mean() for f in d_fake]).mean()
+        return {"disc_loss": loss, "disc_logits_real": real, "disc_logits_fake": fake}

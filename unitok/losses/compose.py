@@ -5,7 +5,8 @@ is weighted by the entry whose name is the longest prefix of ``dino`` among the 
 ``rec_l1_loss`` and ``rec_lpips_loss`` both match ``rec`` unless ``rec_l1`` is configured). Effective weight =
 ``weight · λ[group] · ramp(step)``, ramp = 0 before ``start_step``, then linear over ``warmup_steps``, then 1.
 A term whose effective weight is 0 for the whole run is inactive: :meth:`LossComposer.active` lets a task skip
-computing it (no forward of unused heads).
+computing it (no forward of unused heads). A term configured non-zero but at weight 0 at this step (before its
+``start_step``) joins the total as ``0 · value``, so its parameters still get a (zero) gradient, as DDP expects.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ class LossComposer:
 
     def __call__(self, terms: Mapping[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         """Weighted sum of the ``*_loss`` terms (fp32) and a report of every value (unweighted) and weight."""
-        total = None
+        total, counted = None, False
         report: dict[str, float] = {}
         for key, value in terms.items():
             report[key] = float(value.detach()) if torch.is_tensor(value) else float(value)
@@ -101,11 +102,12 @@ class LossComposer:
                 continue
             w = self.weight(key[: -len("_loss")], step)
             report[f"weight/{key}"] = w
-            if w == 0:
-                continue
-            term = w * value.float()
+            if w == 0 and (self.base_weight(key[: -len("_loss")]) == 0 or not torch.is_tensor(value)):
+                continue  # off for the whole run (or a constant): no graph to keep
+            counted = counted or w != 0
+            term = w * value.float()  # w == 0 before start_step: a zero gradient path for the term's parameters
             total = term if total is None else total + term
-        if total is None:
+        if not counted:
             raise ValueError(f"no active loss term at step {step} among {sorted(terms)}")
         report["loss"] = float(total.detach())
         return total, report

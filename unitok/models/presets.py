@@ -2,7 +2,7 @@
 
 Names carry geometry: ``unitok_<size>_<img|wav>_p<patch>_d<latent>`` (patch = pixels per side for images,
 samples per frame for 16 kHz audio), the speech tokenizers ``unitok_speech_<size>_p<frame>_d<latent>`` (with their
-speech-text head) and the released VTP names ``vtp_<s|b|l>_f16d64``.
+speech-text head), the released VTP names ``vtp_<s|b|l>_f16d64`` and the Semantic-VAE baselines.
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the released VTP tokenizers (official architecture and checkpoint layout)
     **{name: {"factory": "unitok.modalities.image.vtp:create_vtp"} for name in
        ("vtp_s_f16d64", "vtp_b_f16d64", "vtp_l_f16d64")},
+    # the Semantic-VAE / acoustic VAE baselines (SEMANTIC_VAE_PRESETS in modalities/speech/semantic_vae_config.py)
+    **{name: {"factory": "unitok.modalities.speech.semantic_vae:create_semantic_vae"} for name in
+       ("semantic_vae_16k_d64", "acoustic_vae_16k_d16", "acoustic_vae_16k_d64", "semantic_vae_tiny")},
 }  # fmt: skip
 
 

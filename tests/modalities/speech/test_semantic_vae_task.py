@@ -115,6 +115,15 @@ def test_each_term_switches_off_with_weight_zero(term):
     assert present | {term} == set(TERMS)
 
 
+def test_logged_only_terms_are_computed_without_autograd():
+    task = build_task(_cfg()).train()  # stft and waveform at weight 0 (logged), mel optimised
+    real = task.audio(_batch())
+    fake = real.clone().requires_grad_(True)
+    terms = task._reconstruction_terms({"audio": fake, "kl_loss": torch.tensor(0.0)}, real)
+    assert terms["mel_loss"].requires_grad
+    assert not terms["stft_loss"].requires_grad and not terms["waveform_loss"].requires_grad
+
+
 def test_without_adversarial_terms_the_task_has_one_phase():
     task = build_task(_cfg(*_weights(adv_gen=0.0, adv_feat=0.0)))
     assert task.discriminator is None and task.trainable == ("generator",) and not task.aux_trainable
@@ -321,3 +330,10 @@ def test_short_batches_are_padded_to_the_crop():
     assert wav.shape == (2, 1, 8000) and torch.equal(wav[:, 0, :T], batch["audio"]) and wav[..., T:].abs().sum() == 0
     assert build_task(_cfg()).audio(batch).shape == (2, 1, T)  # null: as the batch comes
     assert build_task(_cfg("task.params.pad_to_seconds=0.1")).audio(batch).shape == (2, 1, T)  # never cropped
+
+
+def test_mel_loss_follows_the_model_sample_rate():
+    mel = build_task(_cfg()).mel.transforms[0]
+    assert mel.sample_rate == 16000
+    with pytest.raises(ValueError, match="mel.sample_rate is 24000 Hz but the model runs at 16000"):
+        build_task(_cfg("task.params.mel.sample_rate=24000"))
