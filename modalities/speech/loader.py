@@ -30,12 +30,11 @@ Shape legend:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -47,25 +46,11 @@ from lhotse.dataset.sampling.base import TimeConstraint
 from lhotse.dataset.sampling.dynamic_bucketing import estimate_duration_buckets
 from torch.utils.data import IterableDataset
 
-from unitok.engine.state import seeded_rng
+from unitok.engine.state import seeded_rng, single_threaded
 from unitok.modalities.speech.augment import CutAugmenter, cut_rng, random_crop
 from unitok.modalities.speech.data import load_cuts, shar_shards
 
 logger = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def one_torch_thread(single: bool = True) -> Iterator[None]:
-    """One torch thread inside the block when ``single`` (restored afterwards)."""
-    before = torch.get_num_threads()
-    if not single or before == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class CutBatch(NamedTuple):
@@ -260,7 +245,7 @@ class SpeechCollate:
             cut = random_crop(cut, self.crop_seconds, seed, epoch, cut_id)
         with (
             seeded_rng(cut_rng(seed, epoch, cut_id, "load").getrandbits(63)),
-            one_torch_thread(self.augment.single_threaded),
+            single_threaded(self.augment.single_threaded),
         ):
             audio = torch.from_numpy(cut.load_audio()).float()
         audio = audio.mean(0) if audio.shape[0] > 1 else audio[0]

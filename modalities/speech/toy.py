@@ -268,7 +268,7 @@ def write_toy_corpus(out_dir: str | os.PathLike, num_train: int = 48, num_val: i
     """
     from tqdm.auto import tqdm
 
-    from unitok.modalities.speech.loader import one_torch_thread
+    from unitok.engine.state import single_threaded
 
     out = Path(out_dir).resolve()
     voices = [v if isinstance(v, Voice) else Voice(v) for v in voices]
@@ -279,7 +279,7 @@ def write_toy_corpus(out_dir: str | os.PathLike, num_train: int = 48, num_val: i
     total = sum(len(s) for s in splits.values()) * len(voices)
     bar = tqdm(total=total, desc="espeak-ng corpus", unit="utt", disable=not progress)
     manifests = {}
-    with one_torch_thread():  # short clips: one thread is fastest, and spares a busy machine
+    with single_threaded():  # short clips: one thread is fastest, and spares a busy machine
         for split, sentences in splits.items():
             manifests[split] = _write_split(out, split, sentences, voices, espeak, bar)
     bar.close()
