@@ -53,14 +53,14 @@ def make_cut(recording, supervisions: Sequence = ()):
 
 def save_cuts(cuts: Iterable, path: str | os.PathLike) -> Path:
     """Write cuts as a ``.jsonl.gz`` manifest that lhotse reads; deterministic bytes (gzip mtime 0), atomic."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as f:
-        for cut in cuts:
-            f.write((json.dumps(cut.to_dict(), ensure_ascii=False) + "\n").encode("utf-8"))
-    os.replace(tmp, path)
-    return path
+    from unitok.engine.checkpoint import atomic_write
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as f:
+            for cut in cuts:
+                f.write((json.dumps(cut.to_dict(), ensure_ascii=False) + "\n").encode("utf-8"))
+
+    return atomic_write(path, write)
 
 
 def load_cuts(paths: str | os.PathLike | Sequence[str | os.PathLike]):

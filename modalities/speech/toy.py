@@ -246,10 +246,9 @@ def _write_wav(path: Path, wave: np.ndarray) -> None:
     """16-bit PCM wav, written atomically (temp file + rename)."""
     import soundfile as sf
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    sf.write(tmp, wave, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    os.replace(tmp, path)
+    from unitok.engine.checkpoint import atomic_write
+
+    atomic_write(path, lambda tmp: sf.write(tmp, wave, SAMPLE_RATE, subtype="PCM_16", format="WAV"))
 
 
 def write_toy_corpus(out_dir: str | os.PathLike, num_train: int = 48, num_val: int = 12,
@@ -330,7 +329,7 @@ def toy_corpus(root: str | os.PathLike | None = None, num_train: int = 48, num_v
     if marker.is_file() and all(p.is_file() for p in manifests.values()):
         return manifests
     manifests = write_toy_corpus(folder, num_train, num_val, voices, progress=progress)
-    tmp = marker.with_name(f".corpus.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(settings, indent=1) + "\n")
-    os.replace(tmp, marker)
+    from unitok.engine.checkpoint import atomic_write_text
+
+    atomic_write_text(marker, json.dumps(settings, indent=1) + "\n")
     return manifests
