@@ -288,9 +288,9 @@ def write_toy_corpus(out_dir: str | os.PathLike, num_train: int = 48, num_val: i
 def _write_split(out: Path, split: str, sentences: list[tuple[int, str]], voices: list[Voice], espeak: Espeak,
                  bar) -> Path:  # fmt: skip
     """Wavs and the manifest of one split; every voice reads every sentence."""
-    from lhotse import MonoCut, Recording, SupervisionSegment
+    from lhotse import Recording, SupervisionSegment
 
-    from unitok.modalities.speech.data import save_cuts
+    from unitok.modalities.speech.data import make_cut, save_cuts
 
     cuts = []
     for voice in voices:
@@ -301,7 +301,7 @@ def _write_split(out: Path, split: str, sentences: list[tuple[int, str]], voices
             rec = Recording.from_file(path, recording_id=cut_id)
             sup = SupervisionSegment(id=cut_id, recording_id=cut_id, start=0.0, duration=rec.duration, channel=0,
                                      text=text, speaker=voice.name, language="English")  # fmt: skip
-            cuts.append(MonoCut(cut_id, start=0.0, duration=rec.duration, channel=0, recording=rec, supervisions=[sup]))
+            cuts.append(make_cut(rec, [sup]))
             bar.update()
     return save_cuts(cuts, out / f"cuts_{split}.jsonl.gz")
 
