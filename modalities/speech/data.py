@@ -63,6 +63,27 @@ def save_cuts(cuts: Iterable, path: str | os.PathLike) -> Path:
     return atomic_write(path, write)
 
 
+def load_mono(cut, sample_rate: int | None = None, max_seconds: float | None = None):
+    """The (T,) float32 mono waveform of a cut; errors of unreadable audio propagate.
+
+    Args:
+        cut: a lhotse cut.
+        sample_rate: resample to this rate (lhotse ``cut.resample``) when it differs (None: as stored).
+        max_seconds: truncate a longer cut to this length, after resampling (None: the whole cut).
+
+    Returns:
+        The audio with its channels averaged.
+    """
+    import torch
+
+    if sample_rate is not None and cut.sampling_rate != sample_rate:
+        cut = cut.resample(sample_rate)
+    if max_seconds is not None and cut.duration > max_seconds:
+        cut = cut.truncate(duration=max_seconds)
+    audio = torch.from_numpy(cut.load_audio()).float()
+    return audio.reshape(-1, audio.shape[-1]).mean(0)
+
+
 def load_cuts(paths: str | os.PathLike | Sequence[str | os.PathLike]):
     """A lazy CutSet over one or more ``.jsonl`` / ``.jsonl.gz`` manifests (in the given order)."""
     from lhotse import CutSet

@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from unitok.latent_stats import LatentStatsAccumulator
+from unitok.modalities.speech.data import load_mono
 from unitok.modalities.speech.latent_shards import (
     INDEX_NAME,
     STATS_FILES,
@@ -118,11 +120,8 @@ class _Audio(Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int):
-        cut = self.items[i].cut
         try:
-            if cut.sampling_rate != self.sample_rate:
-                cut = cut.resample(self.sample_rate)
-            audio = torch.from_numpy(cut.load_audio()).float().reshape(-1, cut.num_samples).mean(0)
+            audio = load_mono(self.items[i].cut, self.sample_rate)
             if audio.numel() == 0:
                 raise ValueError("empty audio")
             return i, audio, None
@@ -134,9 +133,7 @@ def _collate(samples):
     ok = [(i, a) for i, a, _ in samples if a is not None]
     failed = [(i, err) for i, a, err in samples if a is None]
     lengths = torch.tensor([a.numel() for _, a in ok], dtype=torch.long)
-    audio = torch.zeros(len(ok), int(lengths.max()) if ok else 0)
-    for row, (_, a) in enumerate(ok):
-        audio[row, : a.numel()] = a
+    audio = pad_sequence([a for _, a in ok], batch_first=True) if ok else torch.zeros(0, 0)  # (B, T)
     return [i for i, _ in ok], audio, lengths, failed
 
 

@@ -40,15 +40,17 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from lhotse import CutSet
 from lhotse.dataset import DynamicBucketingSampler
 from lhotse.dataset.sampling.base import TimeConstraint
 from lhotse.dataset.sampling.dynamic_bucketing import estimate_duration_buckets
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import IterableDataset
 
 from unitok.engine.state import seeded_rng, single_threaded
 from unitok.modalities.speech.augment import CutAugmenter, cut_rng, random_crop
-from unitok.modalities.speech.data import load_cuts, shar_shards
+from unitok.modalities.speech.data import load_cuts, load_mono, shar_shards
 
 logger = logging.getLogger(__name__)
 
@@ -247,8 +249,7 @@ class SpeechCollate:
             seeded_rng(cut_rng(seed, epoch, cut_id, "load").getrandbits(63)),
             single_threaded(self.augment.single_threaded),
         ):
-            audio = torch.from_numpy(cut.load_audio()).float()
-        audio = audio.mean(0) if audio.shape[0] > 1 else audio[0]
+            audio = load_mono(cut)  # already at sample_rate
         return audio[: self.crop_samples] if self.crop_samples else audio
 
     def __call__(self, item: CutBatch) -> dict[str, Any]:
@@ -271,8 +272,7 @@ class SpeechCollate:
         if not waves:
             raise RuntimeError(f"no cut of a batch could be loaded ({len(item.cuts)} cuts, first {item.cuts[0].id})")
         lens = torch.tensor([w.numel() for w in waves], dtype=torch.long)
-        T = self.crop_samples or int(lens.max())
-        audio = torch.zeros(len(waves), T)  # (B, T), zero past each clip's length
-        for i, w in enumerate(waves):
-            audio[i, : w.numel()] = w
+        audio = pad_sequence(waves, batch_first=True)  # (B, T), zero past each clip's length
+        if self.crop_samples:
+            audio = F.pad(audio, (0, self.crop_samples - audio.shape[1]))
         return {"audio": audio, "audio_lens": lens, "text": texts, "speaker": speakers, "cut_id": ids}
