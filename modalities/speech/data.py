@@ -211,7 +211,8 @@ def _read_speakers(path: Path) -> dict[str, str]:
 
 
 def cuts_from_folder(folder: str | os.PathLike, speakers: str | os.PathLike = "auto", language: str | None = None,
-                     require_text: bool = True, progress: bool = True) -> list:  # fmt: skip
+                     require_text: bool = True, progress: bool = True,
+                     transcript_suffixes: Sequence[str] = (".txt",)) -> list:  # fmt: skip
     """Cuts of every wav / flac file under ``folder`` (recursive) with the transcript of its side-by-side ``.txt``.
 
     Args:
@@ -219,8 +220,10 @@ def cuts_from_folder(folder: str | os.PathLike, speakers: str | os.PathLike = "a
         speakers: ``"auto"`` (``folder/speakers.tsv`` if present, else the parent folder's name for files in
             subfolders), ``"parent"``, ``"none"``, or the path of a tsv (``<stem or relative path>\\t<speaker>``).
         language: recorded on every supervision.
-        require_text: skip (and count) files without a ``.txt``; else their text is "".
+        require_text: skip (and count) files without a transcript; else their text is "".
         progress: show a progress bar.
+        transcript_suffixes: the transcript is the first existing ``<file stem><suffix>`` beside the audio, e.g.
+            ``(".txt", ".normalized.txt", ".lab")``.
 
     Returns:
         Cuts sorted by id; the id is the path relative to ``folder`` without extension, ``/`` replaced by ``_``.
@@ -246,11 +249,11 @@ def cuts_from_folder(folder: str | os.PathLike, speakers: str | os.PathLike = "a
         if cut_id in seen:
             raise ValueError(f"{path} and {seen[cut_id]} map to the same cut id {cut_id!r}")
         seen[cut_id] = path
-        txt = path.with_suffix(".txt")
-        if not txt.is_file() and require_text:
+        txt = next((t for suffix in transcript_suffixes if (t := path.with_suffix(suffix)).is_file()), None)
+        if txt is None and require_text:
             skipped["no_text"] += 1
             continue
-        text = " ".join(txt.read_text(encoding="utf-8").split()) if txt.is_file() else ""
+        text = " ".join(txt.read_text(encoding="utf-8").split()) if txt is not None else ""
         try:
             rec = Recording.from_file(path, recording_id=cut_id)
         except Exception as e:  # a corrupt file in a large folder: skip and count

@@ -1,6 +1,6 @@
 """``unitok-extract``: latents of a speech corpus for any speech tokenizer, as resumable safetensors shards.
 
-Reads a lhotse CutSet (``.jsonl.gz`` manifest) or a folder of wavs (transcripts from ``<name>.txt``,
+Reads a lhotse CutSet (``.jsonl.gz`` manifest) or a folder of wav / flac files (transcripts from ``<name>.txt``,
 ``<name>.normalized.txt`` or ``<name>.lab`` beside each file), resamples to the tokenizer's rate, and encodes
 every utterance through :class:`~.tokenizer.SpeechTokenizer` (a Semantic-VAE or acoustic-VAE directory, released
 folder or ``unitok-train`` run, or any unitok speech model the tokenizer view accepts). For each utterance it
@@ -31,7 +31,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from unitok.latent_stats import LatentStatsAccumulator
-from unitok.modalities.speech.data import load_mono
+from unitok.modalities.speech.data import cuts_from_folder, load_cuts, load_mono
 from unitok.modalities.speech.latent_shards import (
     INDEX_NAME,
     STATS_FILES,
@@ -64,34 +64,27 @@ class Utterance:
     index: int = 0
 
 
-def _from_wavs(folder: Path) -> list[Utterance]:
-    from lhotse import Recording
-
-    wavs = sorted(folder.rglob("*.wav"))
-    if not wavs:
-        raise FileNotFoundError(f"no .wav files under {folder}")
-    out = []
-    for wav in wavs:
-        key = wav.relative_to(folder).with_suffix("").as_posix()
-        text = next((p.read_text().strip() for s in TRANSCRIPT_SUFFIXES if (p := wav.with_suffix(s)).is_file()), "")
-        out.append(Utterance(key, text, Recording.from_file(wav, recording_id=key).to_cut()))
-    return out
-
-
 def load_corpus(cuts: str | None = None, wavs: str | None = None) -> list[Utterance]:
-    """The utterances of a CutSet manifest or of a folder of wavs, in order (ids must be unique)."""
-    if (cuts is None) == (wavs is None):
-        raise ValueError("give exactly one of --cuts (a lhotse CutSet manifest) and --wavs (a folder of .wav files)")
-    if cuts is not None:
-        from lhotse import CutSet
+    """The utterances of a CutSet manifest or of a folder of wav / flac files, in order (ids must be unique).
 
-        if not Path(cuts).is_file():
-            raise FileNotFoundError(f"CutSet manifest {cuts} does not exist")
-        items = [Utterance(c.id, " ".join(s.text for s in c.supervisions if s.text), c) for c in CutSet.from_file(cuts)]
+    A folder is read by :func:`~.data.cuts_from_folder` (unreadable files are skipped and logged); an utterance's
+    id is its path relative to the folder without extension, its text the first of ``TRANSCRIPT_SUFFIXES`` found.
+    """
+    if (cuts is None) == (wavs is None):
+        raise ValueError(
+            "give exactly one of --cuts (a lhotse CutSet manifest) and --wavs (a folder of .wav / .flac files)"
+        )
+    if cuts is not None:
+        items = [Utterance(c.id, " ".join(s.text for s in c.supervisions if s.text), c) for c in load_cuts(cuts)]
     else:
-        if not Path(wavs).is_dir():
+        folder = Path(wavs)
+        if not folder.is_dir():
             raise FileNotFoundError(f"wav folder {wavs} does not exist")
-        items = _from_wavs(Path(wavs))
+        found = cuts_from_folder(folder, speakers="none", require_text=False, progress=False,
+                                 transcript_suffixes=TRANSCRIPT_SUFFIXES)  # fmt: skip
+        # id: the relative path without extension ("spk/utt1"); every channel of the recording (load_mono averages)
+        items = [Utterance(Path(c.recording.sources[0].source).relative_to(folder).with_suffix("").as_posix(),
+                           c.supervisions[0].text, c.recording.to_cut()) for c in found]  # fmt: skip
     for index, utt in enumerate(items):
         utt.index = index
     ids = [u.id for u in items]
@@ -264,7 +257,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ckpt", required=True, help="tokenizer: pretrained dir, released folder or unitok-train run dir")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--cuts", help="lhotse CutSet manifest (.jsonl.gz)")
-    src.add_argument("--wavs", help="folder of .wav files (searched recursively; transcripts in .txt beside them)")
+    src.add_argument("--wavs", help="folder of .wav / .flac files (recursive; transcripts in .txt beside them)")
     p.add_argument("--out", required=True, help="output folder (shards, index.json, latents_stats*.pt)")
     p.add_argument("--shard-size", type=int, default=1000, help="utterances per shard (default 1000)")
     p.add_argument("--batch-size", type=int, default=16, help="utterances per forward pass (default 16)")
