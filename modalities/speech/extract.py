@@ -1,17 +1,17 @@
 """``unitok-extract``: latents of a speech corpus for any speech tokenizer, as resumable safetensors shards.
 
 Reads a lhotse CutSet (``.jsonl.gz`` manifest) or a folder of wav / flac files (transcripts from ``<name>.txt``,
-``<name>.normalized.txt`` or ``<name>.lab`` beside each file), resamples to the tokenizer's rate, and encodes
-every utterance through :class:`~.tokenizer.SpeechTokenizer` (a Semantic-VAE or acoustic-VAE directory, released
-folder or ``unitok-train`` run, or any unitok speech model the tokenizer view accepts). For each utterance it
-stores the posterior ``mean`` and the sample ``z = mean + std · eps`` (what upstream's ``extract_latent.py``
-saves), ``eps`` drawn by ``tokenizer.utterance_noise`` from a generator seeded by (``--seed``, the utterance's
-position in the manifest), as the ``speech.latent_stats`` evaluation suite draws it: the same latents whatever
-the batch size, the number of processes or an interruption. Utterances go to shards of
+``<name>.normalized.txt`` or ``<name>.lab`` beside each file), resamples to the tokenizer's rate, and encodes every
+utterance through :class:`~.tokenizer.SpeechTokenizer` (a Semantic-VAE or acoustic-VAE directory, released folder,
+``unitok-train`` run or train checkpoint, or any unitok speech model the tokenizer view accepts). For each
+utterance it stores the posterior ``mean`` and the sample ``z = mean + std · eps`` (what upstream's
+``extract_latent.py`` saves), ``eps`` drawn by ``tokenizer.utterance_noise`` from a generator seeded by
+(``--seed``, the utterance's position in the manifest), as the ``speech.latent_stats`` evaluation suite draws it:
+the same latents whatever the batch size, the number of processes or an interruption. Utterances go to shards of
 ``--shard-size`` in manifest order (layout: :mod:`.latent_shards`); shards already on disk are skipped, so
 re-running the command resumes. Under ``torchrun`` each rank takes every world-size-th shard; rank 0 then writes
-``index.json`` and the exact per-channel statistics of ``z`` and ``mean`` over valid frames
-(``latents_stats.pt``, ``latents_stats_mean.pt``).
+``index.json`` and the exact per-channel statistics of ``z`` and ``mean`` over valid frames (``latents_stats.pt``,
+``latents_stats_mean.pt``).
 
 Shape legend:
     B: batch, T: samples, N: latent frames, C: latent channels
@@ -94,13 +94,16 @@ def load_corpus(cuts: str | None = None, wavs: str | None = None) -> list[Uttera
 
 
 def load_tokenizer(ckpt: str, device: torch.device) -> SpeechTokenizer:
-    """The tokenizer of a pretrained directory, a released folder or a run directory (its ``model/``)."""
-    import unitok
+    """The tokenizer of a pretrained directory, a released folder, a ``unitok-train`` run directory (its ``model/``,
+    else its latest checkpoint) or a run's ``checkpoints/step_*.pt`` file (the EMA weights when the run kept them).
 
-    path = Path(ckpt).expanduser()
-    if (path / "model" / "config.json").is_file():
-        path = path / "model"
-    return SpeechTokenizer(unitok.load_pretrained(path).eval().requires_grad_(False)).to(device)
+    Raises:
+        FileNotFoundError, ValueError: naming the path, when it is no such checkpoint or holds no speech tokenizer.
+    """
+    from unitok.eval.checkpoints import load_checkpoint_for_eval
+
+    model = load_checkpoint_for_eval(ckpt).model.eval().requires_grad_(False)
+    return SpeechTokenizer(model).to(device)
 
 
 class _Audio(Dataset):
@@ -254,7 +257,11 @@ def _report(args, summary: dict[str, Any]) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="unitok-extract", description=__doc__, epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--ckpt", required=True, help="tokenizer: pretrained dir, released folder or unitok-train run dir")
+    p.add_argument(
+        "--ckpt",
+        required=True,
+        help="tokenizer: pretrained dir, released folder, unitok-train run dir or checkpoints/step_*.pt",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--cuts", help="lhotse CutSet manifest (.jsonl.gz)")
     src.add_argument("--wavs", help="folder of .wav / .flac files (recursive; transcripts in .txt beside them)")
