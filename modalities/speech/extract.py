@@ -22,13 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from unitok.latent_stats import LatentStatsAccumulator
 from unitok.modalities.speech.data import cuts_from_folder, load_cuts, load_mono
@@ -133,25 +134,22 @@ def _collate(samples):
     return [i for i, _ in ok], audio, lengths, failed
 
 
-def encode_shard(tok: SpeechTokenizer, items: list[Utterance], args, device: torch.device, bar=None) -> dict:
-    """Latents, records, statistics and failures of one shard's utterances (batched by duration)."""
-    order = sorted(range(len(items)), key=lambda i: -items[i].cut.duration)
-    loader = DataLoader(
-        Subset(_Audio(items, tok.sample_rate), order), batch_size=args.batch_size,
-        num_workers=args.num_workers, collate_fn=_collate,
-    )  # fmt: skip
-    z, mean, samples, failed = {}, {}, {}, {}
-    for positions, audio, lengths, bad in loader:
-        failed.update({i: err for i, err in bad})
-        if positions:
-            with torch.inference_mode():
-                out = tok.encode(audio.to(device), lengths.to(device), [items[i].index for i in positions], args.seed)
-            for row, i in enumerate(positions):
-                n = int(out["frames"][row])
-                mean[i], z[i] = out["mean"][row, :n].float().cpu(), out["z"][row, :n].float().cpu()
-                samples[i] = int(lengths[row])
-        if bar is not None:
-            bar.update(len(positions) + len(bad))
+def _batches(shards: list[list[Utterance]], batch_size: int) -> tuple[list[Utterance], list[list[int]], list[int]]:
+    """(the shards' utterances in one list, batches of indices into it, the shard of each batch): each shard sorted
+    by duration (longest first) and cut into batches that never cross into the next shard."""
+    flat, batches, owner = [], [], []
+    for s, items in enumerate(shards):
+        order = sorted(range(len(items)), key=lambda i: -items[i].cut.duration)
+        order = [len(flat) + i for i in order]
+        batches += [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+        owner += [s] * -(-len(order) // batch_size)
+        flat += items
+    return flat, batches, owner
+
+
+def _shard_result(tok: SpeechTokenizer, items: list[Utterance], z: dict, mean: dict, samples: dict,
+                  failed: dict) -> dict:  # fmt: skip
+    """Records, latents, statistics and failures of one shard from its utterances' outputs (keyed by position)."""
     kept = [i for i in range(len(items)) if i in z]
     stats = {kind: LatentStatsAccumulator(tok.latent_dim, channel_dim=-1) for kind in STATS_FILES}
     for i in kept:
@@ -162,6 +160,40 @@ def encode_shard(tok: SpeechTokenizer, items: list[Utterance], args, device: tor
                for i in kept]  # fmt: skip
     return {"utterances": records, "latents": {"z": [z[i] for i in kept], "mean": [mean[i] for i in kept]},
             "stats": stats, "failed": {items[i].id: err for i, err in sorted(failed.items())}}  # fmt: skip
+
+
+def encode_shards(tok: SpeechTokenizer, shards: list[list[Utterance]], args, device: torch.device,
+                  bar=None) -> Iterator[tuple[int, dict]]:  # fmt: skip
+    """(position in ``shards``, result) of each shard as its last batch completes, in order; one DataLoader (and
+    one set of workers) for all of them. A result holds the shard's latents, records, statistics and failures."""
+    flat, batches, owner = _batches(shards, args.batch_size)
+    remaining = [owner.count(s) for s in range(len(shards))]
+    loader = DataLoader(_Audio(flat, tok.sample_rate), batch_sampler=batches, num_workers=args.num_workers,
+                        collate_fn=_collate)  # fmt: skip
+    z, mean, samples, failed = {}, {}, {}, {}  # by index into flat
+    for b, (positions, audio, lengths, bad) in enumerate(loader):
+        failed.update({i: err for i, err in bad})
+        if positions:
+            with torch.inference_mode():
+                out = tok.encode(audio.to(device), lengths.to(device), [flat[i].index for i in positions], args.seed)
+            for row, i in enumerate(positions):
+                n = int(out["frames"][row])
+                mean[i], z[i] = out["mean"][row, :n].float().cpu(), out["z"][row, :n].float().cpu()
+                samples[i] = int(lengths[row])
+        if bar is not None:
+            bar.update(len(positions) + len(bad))
+        s = owner[b]
+        remaining[s] -= 1
+        if remaining[s] == 0:
+            start = sum(len(items) for items in shards[:s])
+            mine = range(start, start + len(shards[s]))
+            local = [{i - start: d.pop(i) for i in mine if i in d} for d in (z, mean, samples, failed)]
+            yield s, _shard_result(tok, shards[s], *local)
+
+
+def encode_shard(tok: SpeechTokenizer, items: list[Utterance], args, device: torch.device, bar=None) -> dict:
+    """Latents, records, statistics and failures of one shard's utterances (batched by duration)."""
+    return next(encode_shards(tok, [items], args, device, bar))[1]
 
 
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
@@ -229,8 +261,8 @@ def run(args) -> dict[str, Any]:
     mine = [k for k in range(len(shards)) if k % info.world_size == info.rank]
     todo = [k for k in mine if not _finished(out / shard_name(k), [u.id for u in shards[k]])]
     bar = tqdm(total=sum(len(shards[k]) for k in todo), desc="extract", unit="utt", disable=not (info.is_main and todo))
-    for k in todo:
-        result = encode_shard(tok, shards[k], args, info.device, bar)
+    for s, result in encode_shards(tok, [shards[k] for k in todo], args, info.device, bar) if todo else ():
+        k = todo[s]
         write_shard(out / shard_name(k), result["utterances"], result["latents"], result["stats"], result["failed"])
     bar.close()
     if info.enabled:
