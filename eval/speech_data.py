@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from unitok.modalities.speech.data import load_mono
+
 
 def resolve_manifest(data: str | Path | None, split: str) -> Path:
     """The CutSet manifest of ``split`` under ``data`` (or ``data`` itself when it is a manifest file, or the folder
@@ -74,15 +76,10 @@ class SpeechCuts(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         cut = self.cut_list[index]
-        if cut.sampling_rate != self.sample_rate:
-            cut = cut.resample(self.sample_rate)
-        if self.max_seconds is not None and cut.duration > self.max_seconds:
-            cut = cut.truncate(duration=self.max_seconds)
         try:
-            audio = torch.from_numpy(cut.load_audio()).float()
+            audio = load_mono(cut, self.sample_rate, self.max_seconds)
         except Exception as e:  # an evaluation never skips an utterance silently
             raise ValueError(f"cannot load the audio of cut {cut.id} ({self.manifest}): {e}") from e
-        audio = audio.mean(0) if audio.ndim == 2 else audio  # mono
         sups = list(cut.supervisions)
         return {"audio": audio, "text": " ".join(s.text or "" for s in sups).strip(), "cut_id": cut.id,
                 "speaker": sups[0].speaker if sups else None, "index": index}  # fmt: skip

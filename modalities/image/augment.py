@@ -12,7 +12,6 @@ Shape legend:
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -21,6 +20,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from unitok.engine.state import single_threaded
 from unitok.modalities.image.adapter import IMAGENET_MEAN, IMAGENET_STD
 from unitok.modalities.image.data import collate_image_text
 
@@ -30,18 +30,6 @@ BICUBIC = v2.InterpolationMode.BICUBIC
 # values; "intended" are the values its code and paper state (spec ssl_losses_and_dit.md section 1.2).
 BLUR_PROBABILITIES = {"official": (0.0, 0.9, 0.5), "intended": (1.0, 0.1, 0.5)}
 CROP_KEYS = ("crop_source", "crop_seed")  # per-sample keys of the deferred crops (``crops_per_batch``)
-
-
-@contextlib.contextmanager
-def single_threaded():
-    """Run tiny tensor ops (the blur's 9x9 convolution on one crop) on one intra-op thread: with several threads,
-    thread start-up dominates such a microsecond kernel and they are many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _maybe(transform: v2.Transform, p: float) -> list[v2.Transform]:

@@ -53,14 +53,35 @@ def make_cut(recording, supervisions: Sequence = ()):
 
 def save_cuts(cuts: Iterable, path: str | os.PathLike) -> Path:
     """Write cuts as a ``.jsonl.gz`` manifest that lhotse reads; deterministic bytes (gzip mtime 0), atomic."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as f:
-        for cut in cuts:
-            f.write((json.dumps(cut.to_dict(), ensure_ascii=False) + "\n").encode("utf-8"))
-    os.replace(tmp, path)
-    return path
+    from unitok.engine.checkpoint import atomic_write
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as f:
+            for cut in cuts:
+                f.write((json.dumps(cut.to_dict(), ensure_ascii=False) + "\n").encode("utf-8"))
+
+    return atomic_write(path, write)
+
+
+def load_mono(cut, sample_rate: int | None = None, max_seconds: float | None = None):
+    """The (T,) float32 mono waveform of a cut; errors of unreadable audio propagate.
+
+    Args:
+        cut: a lhotse cut.
+        sample_rate: resample to this rate (lhotse ``cut.resample``) when it differs (None: as stored).
+        max_seconds: truncate a longer cut to this length, after resampling (None: the whole cut).
+
+    Returns:
+        The audio with its channels averaged.
+    """
+    import torch
+
+    if sample_rate is not None and cut.sampling_rate != sample_rate:
+        cut = cut.resample(sample_rate)
+    if max_seconds is not None and cut.duration > max_seconds:
+        cut = cut.truncate(duration=max_seconds)
+    audio = torch.from_numpy(cut.load_audio()).float()
+    return audio.reshape(-1, audio.shape[-1]).mean(0)
 
 
 def load_cuts(paths: str | os.PathLike | Sequence[str | os.PathLike]):
@@ -190,7 +211,8 @@ def _read_speakers(path: Path) -> dict[str, str]:
 
 
 def cuts_from_folder(folder: str | os.PathLike, speakers: str | os.PathLike = "auto", language: str | None = None,
-                     require_text: bool = True, progress: bool = True) -> list:  # fmt: skip
+                     require_text: bool = True, progress: bool = True,
+                     transcript_suffixes: Sequence[str] = (".txt",)) -> list:  # fmt: skip
     """Cuts of every wav / flac file under ``folder`` (recursive) with the transcript of its side-by-side ``.txt``.
 
     Args:
@@ -198,8 +220,10 @@ def cuts_from_folder(folder: str | os.PathLike, speakers: str | os.PathLike = "a
         speakers: ``"auto"`` (``folder/speakers.tsv`` if present, else the parent folder's name for files in
             subfolders), ``"parent"``, ``"none"``, or the path of a tsv (``<stem or relative path>\\t<speaker>``).
         language: recorded on every supervision.
-        require_text: skip (and count) files without a ``.txt``; else their text is "".
+        require_text: skip (and count) files without a transcript; else their text is "".
         progress: show a progress bar.
+        transcript_suffixes: the transcript is the first existing ``<file stem><suffix>`` beside the audio, e.g.
+            ``(".txt", ".normalized.txt", ".lab")``.
 
     Returns:
         Cuts sorted by id; the id is the path relative to ``folder`` without extension, ``/`` replaced by ``_``.
@@ -225,11 +249,11 @@ def cuts_from_folder(folder: str | os.PathLike, speakers: str | os.PathLike = "a
         if cut_id in seen:
             raise ValueError(f"{path} and {seen[cut_id]} map to the same cut id {cut_id!r}")
         seen[cut_id] = path
-        txt = path.with_suffix(".txt")
-        if not txt.is_file() and require_text:
+        txt = next((t for suffix in transcript_suffixes if (t := path.with_suffix(suffix)).is_file()), None)
+        if txt is None and require_text:
             skipped["no_text"] += 1
             continue
-        text = " ".join(txt.read_text(encoding="utf-8").split()) if txt.is_file() else ""
+        text = " ".join(txt.read_text(encoding="utf-8").split()) if txt is not None else ""
         try:
             rec = Recording.from_file(path, recording_id=cut_id)
         except Exception as e:  # a corrupt file in a large folder: skip and count

@@ -1,17 +1,17 @@
 """``unitok-extract``: latents of a speech corpus for any speech tokenizer, as resumable safetensors shards.
 
-Reads a lhotse CutSet (``.jsonl.gz`` manifest) or a folder of wavs (transcripts from ``<name>.txt``,
-``<name>.normalized.txt`` or ``<name>.lab`` beside each file), resamples to the tokenizer's rate, and encodes
-every utterance through :class:`~.tokenizer.SpeechTokenizer` (a Semantic-VAE or acoustic-VAE directory, released
-folder or ``unitok-train`` run, or any unitok speech model the tokenizer view accepts). For each utterance it
-stores the posterior ``mean`` and the sample ``z = mean + std · eps`` (what upstream's ``extract_latent.py``
-saves), ``eps`` drawn by ``tokenizer.utterance_noise`` from a generator seeded by (``--seed``, the utterance's
-position in the manifest), as the ``speech.latent_stats`` evaluation suite draws it: the same latents whatever
-the batch size, the number of processes or an interruption. Utterances go to shards of
+Reads a lhotse CutSet (``.jsonl.gz`` manifest) or a folder of wav / flac files (transcripts from ``<name>.txt``,
+``<name>.normalized.txt`` or ``<name>.lab`` beside each file), resamples to the tokenizer's rate, and encodes every
+utterance through :class:`~.tokenizer.SpeechTokenizer` (a Semantic-VAE or acoustic-VAE directory, released folder,
+``unitok-train`` run or train checkpoint, or any unitok speech model the tokenizer view accepts). For each
+utterance it stores the posterior ``mean`` and the sample ``z = mean + std · eps`` (what upstream's
+``extract_latent.py`` saves), ``eps`` drawn by ``tokenizer.utterance_noise`` from a generator seeded by
+(``--seed``, the utterance's position in the manifest), as the ``speech.latent_stats`` evaluation suite draws it:
+the same latents whatever the batch size, the number of processes or an interruption. Utterances go to shards of
 ``--shard-size`` in manifest order (layout: :mod:`.latent_shards`); shards already on disk are skipped, so
 re-running the command resumes. Under ``torchrun`` each rank takes every world-size-th shard; rank 0 then writes
-``index.json`` and the exact per-channel statistics of ``z`` and ``mean`` over valid frames
-(``latents_stats.pt``, ``latents_stats_mean.pt``).
+``index.json`` and the exact per-channel statistics of ``z`` and ``mean`` over valid frames (``latents_stats.pt``,
+``latents_stats_mean.pt``).
 
 Shape legend:
     B: batch, T: samples, N: latent frames, C: latent channels
@@ -22,14 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import DataLoader, Dataset
 
 from unitok.latent_stats import LatentStatsAccumulator
+from unitok.modalities.speech.data import cuts_from_folder, load_cuts, load_mono
 from unitok.modalities.speech.latent_shards import (
     INDEX_NAME,
     STATS_FILES,
@@ -62,34 +65,27 @@ class Utterance:
     index: int = 0
 
 
-def _from_wavs(folder: Path) -> list[Utterance]:
-    from lhotse import Recording
-
-    wavs = sorted(folder.rglob("*.wav"))
-    if not wavs:
-        raise FileNotFoundError(f"no .wav files under {folder}")
-    out = []
-    for wav in wavs:
-        key = wav.relative_to(folder).with_suffix("").as_posix()
-        text = next((p.read_text().strip() for s in TRANSCRIPT_SUFFIXES if (p := wav.with_suffix(s)).is_file()), "")
-        out.append(Utterance(key, text, Recording.from_file(wav, recording_id=key).to_cut()))
-    return out
-
-
 def load_corpus(cuts: str | None = None, wavs: str | None = None) -> list[Utterance]:
-    """The utterances of a CutSet manifest or of a folder of wavs, in order (ids must be unique)."""
-    if (cuts is None) == (wavs is None):
-        raise ValueError("give exactly one of --cuts (a lhotse CutSet manifest) and --wavs (a folder of .wav files)")
-    if cuts is not None:
-        from lhotse import CutSet
+    """The utterances of a CutSet manifest or of a folder of wav / flac files, in order (ids must be unique).
 
-        if not Path(cuts).is_file():
-            raise FileNotFoundError(f"CutSet manifest {cuts} does not exist")
-        items = [Utterance(c.id, " ".join(s.text for s in c.supervisions if s.text), c) for c in CutSet.from_file(cuts)]
+    A folder is read by :func:`~.data.cuts_from_folder` (unreadable files are skipped and logged); an utterance's
+    id is its path relative to the folder without extension, its text the first of ``TRANSCRIPT_SUFFIXES`` found.
+    """
+    if (cuts is None) == (wavs is None):
+        raise ValueError(
+            "give exactly one of --cuts (a lhotse CutSet manifest) and --wavs (a folder of .wav / .flac files)"
+        )
+    if cuts is not None:
+        items = [Utterance(c.id, " ".join(s.text for s in c.supervisions if s.text), c) for c in load_cuts(cuts)]
     else:
-        if not Path(wavs).is_dir():
+        folder = Path(wavs)
+        if not folder.is_dir():
             raise FileNotFoundError(f"wav folder {wavs} does not exist")
-        items = _from_wavs(Path(wavs))
+        found = cuts_from_folder(folder, speakers="none", require_text=False, progress=False,
+                                 transcript_suffixes=TRANSCRIPT_SUFFIXES)  # fmt: skip
+        # id: the relative path without extension ("spk/utt1"); every channel of the recording (load_mono averages)
+        items = [Utterance(Path(c.recording.sources[0].source).relative_to(folder).with_suffix("").as_posix(),
+                           c.supervisions[0].text, c.recording.to_cut()) for c in found]  # fmt: skip
     for index, utt in enumerate(items):
         utt.index = index
     ids = [u.id for u in items]
@@ -99,13 +95,16 @@ def load_corpus(cuts: str | None = None, wavs: str | None = None) -> list[Uttera
 
 
 def load_tokenizer(ckpt: str, device: torch.device) -> SpeechTokenizer:
-    """The tokenizer of a pretrained directory, a released folder or a run directory (its ``model/``)."""
-    import unitok
+    """The tokenizer of a pretrained directory, a released folder, a ``unitok-train`` run directory (its ``model/``,
+    else its latest checkpoint) or a run's ``checkpoints/step_*.pt`` file (the EMA weights when the run kept them).
 
-    path = Path(ckpt).expanduser()
-    if (path / "model" / "config.json").is_file():
-        path = path / "model"
-    return SpeechTokenizer(unitok.load_pretrained(path).eval().requires_grad_(False)).to(device)
+    Raises:
+        FileNotFoundError, ValueError: naming the path, when it is no such checkpoint or holds no speech tokenizer.
+    """
+    from unitok.eval.checkpoints import load_checkpoint_for_eval
+
+    model = load_checkpoint_for_eval(ckpt).model.eval().requires_grad_(False)
+    return SpeechTokenizer(model).to(device)
 
 
 class _Audio(Dataset):
@@ -118,11 +117,8 @@ class _Audio(Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int):
-        cut = self.items[i].cut
         try:
-            if cut.sampling_rate != self.sample_rate:
-                cut = cut.resample(self.sample_rate)
-            audio = torch.from_numpy(cut.load_audio()).float().reshape(-1, cut.num_samples).mean(0)
+            audio = load_mono(self.items[i].cut, self.sample_rate)
             if audio.numel() == 0:
                 raise ValueError("empty audio")
             return i, audio, None
@@ -134,31 +130,26 @@ def _collate(samples):
     ok = [(i, a) for i, a, _ in samples if a is not None]
     failed = [(i, err) for i, a, err in samples if a is None]
     lengths = torch.tensor([a.numel() for _, a in ok], dtype=torch.long)
-    audio = torch.zeros(len(ok), int(lengths.max()) if ok else 0)
-    for row, (_, a) in enumerate(ok):
-        audio[row, : a.numel()] = a
+    audio = pad_sequence([a for _, a in ok], batch_first=True) if ok else torch.zeros(0, 0)  # (B, T)
     return [i for i, _ in ok], audio, lengths, failed
 
 
-def encode_shard(tok: SpeechTokenizer, items: list[Utterance], args, device: torch.device, bar=None) -> dict:
-    """Latents, records, statistics and failures of one shard's utterances (batched by duration)."""
-    order = sorted(range(len(items)), key=lambda i: -items[i].cut.duration)
-    loader = DataLoader(
-        Subset(_Audio(items, tok.sample_rate), order), batch_size=args.batch_size,
-        num_workers=args.num_workers, collate_fn=_collate,
-    )  # fmt: skip
-    z, mean, samples, failed = {}, {}, {}, {}
-    for positions, audio, lengths, bad in loader:
-        failed.update({i: err for i, err in bad})
-        if positions:
-            with torch.inference_mode():
-                out = tok.encode(audio.to(device), lengths.to(device), [items[i].index for i in positions], args.seed)
-            for row, i in enumerate(positions):
-                n = int(out["frames"][row])
-                mean[i], z[i] = out["mean"][row, :n].float().cpu(), out["z"][row, :n].float().cpu()
-                samples[i] = int(lengths[row])
-        if bar is not None:
-            bar.update(len(positions) + len(bad))
+def _batches(shards: list[list[Utterance]], batch_size: int) -> tuple[list[Utterance], list[list[int]], list[int]]:
+    """(the shards' utterances in one list, batches of indices into it, the shard of each batch): each shard sorted
+    by duration (longest first) and cut into batches that never cross into the next shard."""
+    flat, batches, owner = [], [], []
+    for s, items in enumerate(shards):
+        order = sorted(range(len(items)), key=lambda i: -items[i].cut.duration)
+        order = [len(flat) + i for i in order]
+        batches += [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+        owner += [s] * -(-len(order) // batch_size)
+        flat += items
+    return flat, batches, owner
+
+
+def _shard_result(tok: SpeechTokenizer, items: list[Utterance], z: dict, mean: dict, samples: dict,
+                  failed: dict) -> dict:  # fmt: skip
+    """Records, latents, statistics and failures of one shard from its utterances' outputs (keyed by position)."""
     kept = [i for i in range(len(items)) if i in z]
     stats = {kind: LatentStatsAccumulator(tok.latent_dim, channel_dim=-1) for kind in STATS_FILES}
     for i in kept:
@@ -169,6 +160,40 @@ def encode_shard(tok: SpeechTokenizer, items: list[Utterance], args, device: tor
                for i in kept]  # fmt: skip
     return {"utterances": records, "latents": {"z": [z[i] for i in kept], "mean": [mean[i] for i in kept]},
             "stats": stats, "failed": {items[i].id: err for i, err in sorted(failed.items())}}  # fmt: skip
+
+
+def encode_shards(tok: SpeechTokenizer, shards: list[list[Utterance]], args, device: torch.device,
+                  bar=None) -> Iterator[tuple[int, dict]]:  # fmt: skip
+    """(position in ``shards``, result) of each shard as its last batch completes, in order; one DataLoader (and
+    one set of workers) for all of them. A result holds the shard's latents, records, statistics and failures."""
+    flat, batches, owner = _batches(shards, args.batch_size)
+    remaining = [owner.count(s) for s in range(len(shards))]
+    loader = DataLoader(_Audio(flat, tok.sample_rate), batch_sampler=batches, num_workers=args.num_workers,
+                        collate_fn=_collate)  # fmt: skip
+    z, mean, samples, failed = {}, {}, {}, {}  # by index into flat
+    for b, (positions, audio, lengths, bad) in enumerate(loader):
+        failed.update({i: err for i, err in bad})
+        if positions:
+            with torch.inference_mode():
+                out = tok.encode(audio.to(device), lengths.to(device), [flat[i].index for i in positions], args.seed)
+            for row, i in enumerate(positions):
+                n = int(out["frames"][row])
+                mean[i], z[i] = out["mean"][row, :n].float().cpu(), out["z"][row, :n].float().cpu()
+                samples[i] = int(lengths[row])
+        if bar is not None:
+            bar.update(len(positions) + len(bad))
+        s = owner[b]
+        remaining[s] -= 1
+        if remaining[s] == 0:
+            start = sum(len(items) for items in shards[:s])
+            mine = range(start, start + len(shards[s]))
+            local = [{i - start: d.pop(i) for i in mine if i in d} for d in (z, mean, samples, failed)]
+            yield s, _shard_result(tok, shards[s], *local)
+
+
+def encode_shard(tok: SpeechTokenizer, items: list[Utterance], args, device: torch.device, bar=None) -> dict:
+    """Latents, records, statistics and failures of one shard's utterances (batched by duration)."""
+    return next(encode_shards(tok, [items], args, device, bar))[1]
 
 
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
@@ -236,8 +261,8 @@ def run(args) -> dict[str, Any]:
     mine = [k for k in range(len(shards)) if k % info.world_size == info.rank]
     todo = [k for k in mine if not _finished(out / shard_name(k), [u.id for u in shards[k]])]
     bar = tqdm(total=sum(len(shards[k]) for k in todo), desc="extract", unit="utt", disable=not (info.is_main and todo))
-    for k in todo:
-        result = encode_shard(tok, shards[k], args, info.device, bar)
+    for s, result in encode_shards(tok, [shards[k] for k in todo], args, info.device, bar) if todo else ():
+        k = todo[s]
         write_shard(out / shard_name(k), result["utterances"], result["latents"], result["stats"], result["failed"])
     bar.close()
     if info.enabled:
@@ -264,10 +289,14 @@ def _report(args, summary: dict[str, Any]) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="unitok-extract", description=__doc__, epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--ckpt", required=True, help="tokenizer: pretrained dir, released folder or unitok-train run dir")
+    p.add_argument(
+        "--ckpt",
+        required=True,
+        help="tokenizer: pretrained dir, released folder, unitok-train run dir or checkpoints/step_*.pt",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--cuts", help="lhotse CutSet manifest (.jsonl.gz)")
-    src.add_argument("--wavs", help="folder of .wav files (searched recursively; transcripts in .txt beside them)")
+    src.add_argument("--wavs", help="folder of .wav / .flac files (recursive; transcripts in .txt beside them)")
     p.add_argument("--out", required=True, help="output folder (shards, index.json, latents_stats*.pt)")
     p.add_argument("--shard-size", type=int, default=1000, help="utterances per shard (default 1000)")
     p.add_argument("--batch-size", type=int, default=16, help="utterances per forward pass (default 16)")

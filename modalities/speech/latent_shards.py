@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from unitok.engine.checkpoint import atomic_write, atomic_write_text
 from unitok.latent_stats import LatentStats, LatentStatsAccumulator
 
 FORMAT = "unitok-latents-v1"
@@ -61,14 +61,7 @@ def write_shard(
     for kind, acc in stats.items():
         tensors.update({f"stats.{kind}.{m}": getattr(acc, m).clone() for m in MOMENTS})
     metadata = {"format": FORMAT, "utterances": json.dumps(utterances), "failed": json.dumps(failed)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def read_shard_info(path: Path) -> dict[str, Any]:
@@ -103,12 +96,7 @@ def write_index(out: Path, header: dict[str, Any], infos: list[tuple[str, dict[s
                                                     for f, i in infos]}  # fmt: skip
     index["num_utterances"] = sum(len(s["utterances"]) for s in index["shards"])
     index["num_failed"] = sum(len(s["failed"]) for s in index["shards"])
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{INDEX_NAME}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(index, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, out / INDEX_NAME)
-    return out / INDEX_NAME
+    return atomic_write_text(out / INDEX_NAME, json.dumps(index, indent=1) + "\n")
 
 
 def iter_latents(folder: str | os.PathLike, kind: str = "z") -> Iterator[tuple[dict[str, Any], torch.Tensor]]:

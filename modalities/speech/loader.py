@@ -30,42 +30,29 @@ Shape legend:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from lhotse import CutSet
 from lhotse.dataset import DynamicBucketingSampler
 from lhotse.dataset.sampling.base import TimeConstraint
 from lhotse.dataset.sampling.dynamic_bucketing import estimate_duration_buckets
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import IterableDataset
 
-from unitok.engine.state import seeded_rng
+from unitok.engine.state import seeded_rng, single_threaded
 from unitok.modalities.speech.augment import CutAugmenter, cut_rng, random_crop
-from unitok.modalities.speech.data import load_cuts, shar_shards
+from unitok.modalities.speech.data import load_cuts, load_mono, shar_shards
 
 logger = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def one_torch_thread(single: bool = True) -> Iterator[None]:
-    """One torch thread inside the block when ``single`` (restored afterwards)."""
-    before = torch.get_num_threads()
-    if not single or before == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class CutBatch(NamedTuple):
@@ -260,10 +247,9 @@ class SpeechCollate:
             cut = random_crop(cut, self.crop_seconds, seed, epoch, cut_id)
         with (
             seeded_rng(cut_rng(seed, epoch, cut_id, "load").getrandbits(63)),
-            one_torch_thread(self.augment.single_threaded),
+            single_threaded(self.augment.single_threaded),
         ):
-            audio = torch.from_numpy(cut.load_audio()).float()
-        audio = audio.mean(0) if audio.shape[0] > 1 else audio[0]
+            audio = load_mono(cut)  # already at sample_rate
         return audio[: self.crop_samples] if self.crop_samples else audio
 
     def __call__(self, item: CutBatch) -> dict[str, Any]:
@@ -286,8 +272,7 @@ class SpeechCollate:
         if not waves:
             raise RuntimeError(f"no cut of a batch could be loaded ({len(item.cuts)} cuts, first {item.cuts[0].id})")
         lens = torch.tensor([w.numel() for w in waves], dtype=torch.long)
-        T = self.crop_samples or int(lens.max())
-        audio = torch.zeros(len(waves), T)  # (B, T), zero past each clip's length
-        for i, w in enumerate(waves):
-            audio[i, : w.numel()] = w
+        audio = pad_sequence(waves, batch_first=True)  # (B, T), zero past each clip's length
+        if self.crop_samples:
+            audio = F.pad(audio, (0, self.crop_samples - audio.shape[1]))
         return {"audio": audio, "audio_lens": lens, "text": texts, "speaker": speakers, "cut_id": ids}

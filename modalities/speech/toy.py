@@ -246,10 +246,9 @@ def _write_wav(path: Path, wave: np.ndarray) -> None:
     """16-bit PCM wav, written atomically (temp file + rename)."""
     import soundfile as sf
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    sf.write(tmp, wave, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    os.replace(tmp, path)
+    from unitok.engine.checkpoint import atomic_write
+
+    atomic_write(path, lambda tmp: sf.write(tmp, wave, SAMPLE_RATE, subtype="PCM_16", format="WAV"))
 
 
 def write_toy_corpus(out_dir: str | os.PathLike, num_train: int = 48, num_val: int = 12,
@@ -268,7 +267,7 @@ def write_toy_corpus(out_dir: str | os.PathLike, num_train: int = 48, num_val: i
     """
     from tqdm.auto import tqdm
 
-    from unitok.modalities.speech.loader import one_torch_thread
+    from unitok.engine.state import single_threaded
 
     out = Path(out_dir).resolve()
     voices = [v if isinstance(v, Voice) else Voice(v) for v in voices]
@@ -279,7 +278,7 @@ def write_toy_corpus(out_dir: str | os.PathLike, num_train: int = 48, num_val: i
     total = sum(len(s) for s in splits.values()) * len(voices)
     bar = tqdm(total=total, desc="espeak-ng corpus", unit="utt", disable=not progress)
     manifests = {}
-    with one_torch_thread():  # short clips: one thread is fastest, and spares a busy machine
+    with single_threaded():  # short clips: one thread is fastest, and spares a busy machine
         for split, sentences in splits.items():
             manifests[split] = _write_split(out, split, sentences, voices, espeak, bar)
     bar.close()
@@ -289,9 +288,9 @@ def write_toy_corpus(out_dir: str | os.PathLike, num_train: int = 48, num_val: i
 def _write_split(out: Path, split: str, sentences: list[tuple[int, str]], voices: list[Voice], espeak: Espeak,
                  bar) -> Path:  # fmt: skip
     """Wavs and the manifest of one split; every voice reads every sentence."""
-    from lhotse import MonoCut, Recording, SupervisionSegment
+    from lhotse import Recording, SupervisionSegment
 
-    from unitok.modalities.speech.data import save_cuts
+    from unitok.modalities.speech.data import make_cut, save_cuts
 
     cuts = []
     for voice in voices:
@@ -302,7 +301,7 @@ def _write_split(out: Path, split: str, sentences: list[tuple[int, str]], voices
             rec = Recording.from_file(path, recording_id=cut_id)
             sup = SupervisionSegment(id=cut_id, recording_id=cut_id, start=0.0, duration=rec.duration, channel=0,
                                      text=text, speaker=voice.name, language="English")  # fmt: skip
-            cuts.append(MonoCut(cut_id, start=0.0, duration=rec.duration, channel=0, recording=rec, supervisions=[sup]))
+            cuts.append(make_cut(rec, [sup]))
             bar.update()
     return save_cuts(cuts, out / f"cuts_{split}.jsonl.gz")
 
@@ -330,7 +329,7 @@ def toy_corpus(root: str | os.PathLike | None = None, num_train: int = 48, num_v
     if marker.is_file() and all(p.is_file() for p in manifests.values()):
         return manifests
     manifests = write_toy_corpus(folder, num_train, num_val, voices, progress=progress)
-    tmp = marker.with_name(f".corpus.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(settings, indent=1) + "\n")
-    os.replace(tmp, marker)
+    from unitok.engine.checkpoint import atomic_write_text
+
+    atomic_write_text(marker, json.dumps(settings, indent=1) + "\n")
     return manifests

@@ -11,6 +11,7 @@ import os
 import random
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +33,29 @@ def _fsync_replace(tmp: str, dst: Path) -> None:
         os.close(dir_fd)
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` through a temporary file + rename in the destination directory."""
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], fsync: bool = False) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    A failed or interrupted write removes the temporary file and leaves ``path`` as it was.
+
+    Args:
+        path: the destination (its folder is created).
+        write: writes the content to the temporary path it is given.
+        fsync: flush the file and its folder to disk before and after the rename.
+
+    Returns:
+        ``path``.
+    """
     dst = Path(path)
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(obj, tmp)
-        _fsync_replace(tmp, dst)
+        write(tmp)
+        if fsync:
+            _fsync_replace(tmp, dst)
+        else:
+            os.replace(tmp, dst)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -48,18 +63,21 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return dst
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    _fsync_replace(tmp, path)
+def atomic_write_text(path: str | os.PathLike, text: str, fsync: bool = False) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_write`)."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), fsync=fsync)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` through a temporary file + rename in the destination directory."""
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp), fsync=True)
 
 
 def save_checkpoint(ckpt_dir: str | os.PathLike, step: int, state: dict[str, Any], keep_last: int = 2) -> Path:
     """Write ``step_{step:08d}.pt`` and point ``latest`` at it; keep the newest ``keep_last`` step files."""
     d = Path(ckpt_dir)
     path = atomic_torch_save(state, d / f"step_{step:08d}.pt")
-    _write_text_atomic(d / LATEST, path.name + "\n")
+    atomic_write_text(d / LATEST, path.name + "\n", fsync=True)
     if keep_last > 0:
         for old in list_checkpoints(d)[:-keep_last]:
             old.unlink(missing_ok=True)

@@ -110,3 +110,21 @@ def seeded_rng(seed: int) -> Iterator[None]:
             yield
         finally:
             random.setstate(state)
+
+
+@contextlib.contextmanager
+def single_threaded(enabled: bool = True) -> Iterator[None]:
+    """Run a block on one torch intra-op thread when ``enabled`` (the thread count is restored afterwards).
+
+    For tiny tensor ops (a 9x9 blur on one crop, a short clip's resampling): with several threads, thread start-up
+    dominates such microsecond kernels and they are many times slower.
+    """
+    before = torch.get_num_threads()
+    if not enabled or before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

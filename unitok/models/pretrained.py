@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from unitok.engine.checkpoint import atomic_write
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -76,18 +77,6 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ValueError(f"cannot read {w_path} as safetensors ({e})") from None
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_pretrained(path: str | os.PathLike, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> Path:
     """Write ``config.json`` and ``model.safetensors`` atomically (temp file + rename, weights first)."""
     from safetensors.torch import save_file
@@ -95,14 +84,14 @@ def write_pretrained(path: str | os.PathLike, config: Mapping[str, Any], tensors
     out = Path(path).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
 
     def write_json(tmp: str) -> None:
         with open(tmp, "w") as f:
             json.dump(dict(config), f, indent=2, sort_keys=True)
             f.write("\n")
 
-    _atomic_write(out / CONFIG_NAME, write_json)
+    atomic_write(out / CONFIG_NAME, write_json)
     return out
 
 

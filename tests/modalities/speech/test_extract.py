@@ -179,3 +179,16 @@ def test_a_unitok_speech_model_extracts_batch_independent_samples(corpus, tmp_pa
         assert one[key].shape == (math.ceil(records[key]["num_samples"] / 320), 64)
         torch.testing.assert_close(one[key], five[key], atol=1e-4, rtol=1e-4)
     assert not torch.allclose(_latents(tmp_path / "5", "mean")["spk/utt0"], five["spk/utt0"])
+
+
+def test_wav_folder_ids_transcripts_and_unreadable_files(tmp_path):
+    (tmp_path / "spk").mkdir()
+    sf.write(tmp_path / "spk" / "a.wav", np.zeros(800, dtype="float32"), 16000)
+    sf.write(tmp_path / "spk" / "b.flac", np.zeros((1200, 2), dtype="float32"), 22050)
+    sf.write(tmp_path / "c.wav", np.zeros(400, dtype="float32"), 16000)
+    (tmp_path / "spk" / "a.normalized.txt").write_text("hello world\n")
+    (tmp_path / "spk" / "b.lab").write_text("bee")
+    (tmp_path / "bad.wav").write_text("not audio")
+    items = load_corpus(wavs=str(tmp_path))
+    assert [(u.id, u.text, u.index) for u in items] == [("c", "", 0), ("spk/a", "hello world", 1), ("spk/b", "bee", 2)]
+    assert items[2].cut.num_channels == 2 and items[2].cut.sampling_rate == 22050  # every channel, averaged on load
