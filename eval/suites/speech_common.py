@@ -39,11 +39,15 @@ def utterances(
     return dataset, info
 
 
+def utterance_indices(dataset: Dataset) -> list[int]:
+    """Positions in the manifest of the utterances of :func:`utterances`' dataset (a batch's ``index`` values)."""
+    return list(dataset.indices) if isinstance(dataset, Subset) else list(range(len(dataset)))
+
+
 def utterance_durations(dataset: Dataset) -> list[float]:
     """Seconds of each utterance of :func:`utterances`' dataset (before any ``max_seconds`` truncation)."""
-    if isinstance(dataset, Subset):
-        return [dataset.dataset.cut_list[i].duration for i in dataset.indices]
-    return [cut.duration for cut in dataset.cut_list]
+    cuts = dataset.dataset.cut_list if isinstance(dataset, Subset) else dataset.cut_list
+    return [cuts[i].duration for i in utterance_indices(dataset)]
 
 
 def speech_cache_key(ctx: EvalContext, data: dict[str, Any], **settings: Any) -> dict[str, Any]:

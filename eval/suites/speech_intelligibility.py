@@ -28,6 +28,7 @@ from unitok.eval.suites.speech_common import (
     speech_tokenizer,
     to_16k,
     utterance_durations,
+    utterance_indices,
     utterances,
 )
 
@@ -116,7 +117,7 @@ def run(ctx: EvalContext, cfg: IntelligibilityConfig) -> SuiteOutput:
     metrics = {k: torch.nanmean(v.double()).item() for k, v in out.items()}
     artifacts = {}
     if ctx.dist.is_main:
-        lines = [(folder / f"{i:06d}.json").read_text() for i in range(len(dataset))]  # not stale files of other runs
+        lines = [(folder / f"{i:06d}.json").read_text() for i in utterance_indices(dataset)]  # not stale files
         (ctx.out_dir / OUT_FOLDER / "transcripts.jsonl").write_text("".join(lines))
         artifacts["transcripts"] = f"{OUT_FOLDER}/transcripts.jsonl"
     data["empty_references"] = int(torch.isnan(out["wer"]).sum())

@@ -227,6 +227,9 @@ def test_intelligibility_suite_averages_per_utterance_wers(svae, cuts_dir, tmp_p
     assert not (tmp_path / "long" / "speech.intelligibility").exists()
     short = speech_intelligibility.IntelligibilityConfig(max_seconds=0.7)
     assert speech_intelligibility.run(_ctx(svae, cuts_dir, tmp_path / "short"), short).metrics["wer"] >= 0
+    part = speech_intelligibility.run(_ctx(svae, cuts_dir, tmp_path / "part", max_samples=3), short)  # a subset
+    lines = (tmp_path / "part" / part.artifacts["transcripts"]).read_text().splitlines()
+    assert len(lines) == 3 and {json.loads(line)["reference"] for line in lines} < set(TEXTS)
     with pytest.raises(FileNotFoundError, match="asr_model needs a local model directory"):
         speech_intelligibility.WhisperTranscriber(None)
     with pytest.raises(FileNotFoundError, match="whisper-large-v3"):
